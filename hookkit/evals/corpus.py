@@ -1,0 +1,169 @@
+"""The public-domain corpus shipped with hookkit: the King James Bible (KJV).
+
+The text comes from Debian's ``bible-kjv-text`` 4.38 package, decoded with the ``bible`` program of the
+``bible-kjv`` package; ``hookkit/evals/data/PROVENANCE.md`` ("KJV corpus") records the package hashes, the exact
+conversion commands and the SHA-256 of the shipped text. It is the haystack of the needle-in-a-haystack eval
+(eval-protocols.md §6; the Paul Graham essays of the original protocol are not redistributable) and a
+long-context perplexity text.
+
+Format of the shipped text (UTF-8, ASCII only, ``\\n`` line ends, 66 books in canonical order Genesis →
+Revelation, 1,189 chapters, 31,102 verses)::
+
+    Genesis 1
+    <blank line>
+    In the beginning God created the heaven and the earth.
+    And the earth was without form, and void; ...
+    ...
+    <blank line>
+    Genesis 2
+    <blank line>
+    Thus the heavens and the earth were finished, and all the host of them.
+
+Each chapter is a heading line ``"{book} {chapter}"`` (full book names as ``bible(1)`` prints them, e.g.
+``"1 Samuel"``, ``"Song of Solomon"``, ``"Psalms"``), a blank line, then one verse per line **without** verse
+numbers; chapters are separated by one blank line and the file ends with a single ``\\n``. Verse texts are
+byte-for-byte what ``bible -f`` prints (including two double spaces and one trailing space in the source data).
+The format is readable prose for a haystack or a perplexity text (no reference numbers inside the running text)
+and still lossless: verse *n* of a chapter is the *n*-th line after its heading, so
+``"Genesis 1:1 In the beginning ..."`` references can be rebuilt with :func:`kjv_chapters`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+__all__ = [
+    "KJV_RESOURCE",
+    "KJV_SHA256",
+    "KJV_NUM_BOOKS",
+    "KJV_NUM_CHAPTERS",
+    "KJV_NUM_VERSES",
+    "KJVChapter",
+    "load_kjv_text",
+    "corpus_sha256",
+    "kjv_chapters",
+    "split_train_heldout",
+]
+
+#: File name of the gzip-compressed text inside ``hookkit/evals/data``.
+KJV_RESOURCE = "kjv.txt.gz"
+#: SHA-256 of the *uncompressed* UTF-8 text (see PROVENANCE.md).
+KJV_SHA256 = "dbd05e2e52ecd8fa20be8da9c0eac0dbe2fb8744939cb37cc454686e241bdb02"
+KJV_NUM_BOOKS = 66
+KJV_NUM_CHAPTERS = 1189
+KJV_NUM_VERSES = 31102
+
+# A chapter heading line: "Genesis 1", "1 Samuel 3", "Song of Solomon 8".
+_HEADING = re.compile(r"^((?:[1-3] )?[A-Z][A-Za-z]*(?: [a-zA-Z]+)*) (\d+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class KJVChapter:
+    """One chapter of the shipped text: ``verses[i]`` is verse ``i + 1``."""
+
+    book: str
+    chapter: int
+    verses: tuple[str, ...]
+
+    def references(self) -> list[str]:
+        """The verses as ``"Genesis 1:1 In the beginning ..."`` lines."""
+        return [f"{self.book} {self.chapter}:{i} {v}" for i, v in enumerate(self.verses, start=1)]
+
+
+@lru_cache(maxsize=1)
+def load_kjv_text() -> str:
+    """Return the shipped KJV text (about 4.15 MB of ASCII), read from package data; no network.
+
+    The result is cached; strings are immutable so sharing it is safe.
+    """
+    ref = resources.files("hookkit.evals").joinpath("data", KJV_RESOURCE)
+    with ref.open("rb") as fh:
+        raw = gzip.decompress(fh.read())
+    return raw.decode("utf-8")
+
+
+def corpus_sha256(text: str | None = None) -> str:
+    """SHA-256 (hex) of the UTF-8 bytes of ``text``; of the shipped KJV text when ``text`` is None.
+
+    Compare with :data:`KJV_SHA256` to check the shipped file; record it in result JSON (``data_files``).
+    """
+    if text is None:
+        text = load_kjv_text()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def kjv_chapters(text: str | None = None) -> list[KJVChapter]:
+    """Parse the shipped format back into chapters (1,189 for the full text).
+
+    Raises ``ValueError`` if ``text`` is not in the documented format.
+    """
+    if text is None:
+        text = load_kjv_text()
+    if not text.endswith("\n"):
+        raise ValueError("KJV text must end with a newline")
+    chapters: list[KJVChapter] = []
+    for block in _chapter_blocks(text):
+        heading, sep, body = block.partition("\n\n")
+        m = _HEADING.fullmatch(heading)
+        if m is None or not sep or not body:
+            raise ValueError(f"not a chapter block: {block[:80]!r}")
+        chapters.append(KJVChapter(m.group(1), int(m.group(2)), tuple(body.split("\n"))))
+    return chapters
+
+
+def _chapter_blocks(text: str) -> list[str]:
+    """Split the text into ``heading\\n\\nverses`` blocks (blocks are separated by one blank line)."""
+    parts = text[:-1].split("\n\n")
+    if len(parts) % 2:
+        raise ValueError("KJV text has an odd number of paragraphs; expected heading/verses pairs")
+    return [parts[i] + "\n\n" + parts[i + 1] for i in range(0, len(parts), 2)]
+
+
+def split_train_heldout(text: str, heldout_fraction: float = 0.05) -> tuple[str, str]:
+    """Deterministic train / held-out split at a fixed character position, moved to a boundary.
+
+    The cut starts at ``ceil(len(text) * (1 - heldout_fraction))`` and moves **forward** to the first chapter
+    heading (a ``"{book} {chapter}"`` line at the start of the text or after a blank line) at or after that
+    position; if there is none, to the first paragraph break (``\\n\\n``), then the first line break, else the cut
+    stays where it is. Held-out text is the **tail** of the text, so ``train + heldout == text`` exactly and
+    the split does not depend on any RNG. For the shipped KJV and the default 5 %, the held-out part starts at
+    ``"Colossians 2"`` (205,802 characters, 4.96 %, Colossians 2 → Revelation 22) and the training part
+    (Genesis 1 → Colossians 1) ends with a blank line.
+
+    Args:
+        text: the corpus (e.g. :func:`load_kjv_text`).
+        heldout_fraction: fraction of characters (before boundary adjustment) to hold out, in [0, 1].
+
+    Returns:
+        ``(train, heldout)``.
+    """
+    if not 0.0 <= heldout_fraction <= 1.0:
+        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
+    if heldout_fraction == 0.0 or not text:
+        return text, ""
+    cut = math.ceil(len(text) * (1.0 - heldout_fraction))
+    if cut <= 0:
+        return "", text
+    pos = _next_boundary(text, cut)
+    return text[:pos], text[pos:]
+
+
+def _next_boundary(text: str, cut: int) -> int:
+    """Position of the first chapter heading / paragraph / line start at or after ``cut`` (see caller)."""
+    for m in _HEADING.finditer(text, cut):
+        start = m.start()
+        if start == 0 or text.startswith("\n\n", start - 2):
+            return start
+    para = text.find("\n\n", max(cut - 2, 0))
+    if para != -1:
+        return para + 2
+    line = text.find("\n", max(cut - 1, 0))
+    if line != -1:
+        return line + 1
+    return cut
