@@ -220,7 +220,10 @@ def _captions(captions: dict[int, list[str]]) -> dict:
     }
 
 
-INSTANCES = _instances({1: ["person", "dog", "chair", "person"], 2: ["toilet"], 3: ["teddy bear", "chair"], 4: []})
+# image 5 is listed but has neither instance annotations nor reference captions: its GT is the empty set
+INSTANCES = _instances(
+    {1: ["person", "dog", "chair", "person"], 2: ["toilet"], 3: ["teddy bear", "chair"], 4: [], 5: []}
+)
 REF_CAPTIONS = _captions(
     {
         1: ["A man walking his dog down the street."],
@@ -244,6 +247,7 @@ def test_ground_truth_is_instances_union_captions() -> None:
         2: ["toilet"],
         3: ["chair", "teddy bear"],
         4: ["hot dog"],
+        5: [],
     }
     # a caption can add an object that has no instance annotation
     extra = ChairScorer(INSTANCES, _captions({1: ["A man and his cat."]}))
@@ -306,6 +310,8 @@ def test_score_zero_division_and_missing_ids() -> None:
     assert no_objects.metrics["CHAIR_i"] == 0.0 and no_objects.metrics["CHAIR_s"] == 0.0
     with pytest.raises(ValueError, match="no ground truth for image id"):
         scorer.score([{"image_id": 99, "caption": "A dog."}])
+    listed = scorer.score([{"image_id": 5, "caption": "A dog."}])  # known image with empty GT: no error
+    assert listed.metrics["CHAIR_s"] == 100.0 and listed.samples[0]["hallucinated_words"] == [["dog", "dog"]]
     lenient = scorer.score([{"image_id": 99, "caption": "A dog."}], missing="empty")
     assert lenient.metrics["CHAIR_s"] == 100.0 and lenient.samples[0]["gt_objects"] == []
     with pytest.raises(ValueError, match="captions\\[0\\]"):
@@ -323,7 +329,7 @@ def test_unknown_category_is_an_error() -> None:
 def test_scorer_from_paths_merged_sources_and_cache(tmp_path: Path) -> None:
     # split the fixture into "train" and "val" files, as COCO ships them, and merge them
     train_inst = _instances({1: ["person", "dog", "chair"], 2: ["toilet"]})
-    val_inst = _instances({3: ["teddy bear", "chair"], 4: []})
+    val_inst = _instances({3: ["teddy bear", "chair"], 4: [], 5: []})
     paths = []
     for name, data in [("train_inst.json", train_inst), ("val_inst.json", val_inst), ("caps.json", REF_CAPTIONS)]:
         (tmp_path / name).write_text(json.dumps(data))

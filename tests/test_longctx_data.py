@@ -402,6 +402,8 @@ def test_rouge1_x10_hand_checked():
     # P = 1, R = 2/21, F = 4/23
     assert niah.rouge1_x10("Dolores Park") == pytest.approx(40 / 23)
     assert niah.rouge1_x10("I don't know.") == 0.0
+    # use_stemmer=True: "eating sandwiches" matches "eat" and "sandwich" -> F = 4/23 as above
+    assert niah.rouge1_x10("eating sandwiches") == pytest.approx(40 / 23)
 
 
 def test_rouge1_x10_missing_package_names_extra(monkeypatch):

@@ -217,7 +217,12 @@ def test_summary_mean_over_splits() -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 GOOD = [
-    {"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a dog in the image?", "label": "yes"},
+    {
+        "question_id": 1,
+        "image": "COCO_val2014_000000000001.jpg",
+        "text": "Is there a dog in the image?",
+        "label": "yes",
+    },
     {"question_id": 2, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?", "label": "no"},
 ]
 
@@ -387,9 +392,7 @@ def _coco(images: dict[int, list[str]]) -> dict:
         for image_id in sorted(images, reverse=True):
             objs = images[image_id]
             if position < len(objs):
-                anns.append(
-                    {"id": len(anns) + 1, "image_id": image_id, "category_id": NAME_TO_ID[objs[position]]}
-                )
+                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": NAME_TO_ID[objs[position]]})
     return {
         "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in sorted(images)],
         "annotations": anns,

@@ -64,6 +64,7 @@ class Session:
         self._layer_attrs: list[nn.Module] = []
         self._previous_attn: str | None = None
         self._switched_attn = False
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._bound = self._bind_all()
 
     # ------------------------------------------------------------------ validation (no side effects)
@@ -129,8 +130,19 @@ class Session:
                               "all methods in one recipe")
         try:
             setattr(model, SESSION_ATTR, self)
-            self._handles.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
-            self._handles.append(model.register_forward_hook(self._after_model_forward, with_kwargs=True))
+            # Token ids and the 2-D padding mask are read where they exist (the top-level forward, or generate
+            # for models such as InstructBLIP whose generate feeds embeddings to the language model), and every
+            # forward is counted at the text model, which runs exactly once per forward of any wrapper.
+            self._handles.append(model.register_forward_pre_hook(self._stash_inputs, with_kwargs=True))
+            self._wrap_generate()
+            text_model = self.info.text_model
+            if text_model is None:
+                raise UnsupportedModelError("could not find the module that owns the decoder layers")
+            self._handles.append(text_model.register_forward_pre_hook(self._on_text_forward, with_kwargs=True))
+            if self._any_site(Site.LOGITS):
+                if self.info.lm_head is None:
+                    raise UnsupportedModelError("the logits site needs an output embedding (lm_head)")
+                self._handles.append(self.info.lm_head.register_forward_hook(self._on_logits))
             per_site = self._layers_per_site()
             for layer, ivs in per_site[Site.LAYER_INPUT].items():
                 self._handles.append(self.info.decoder_layers[layer].register_forward_pre_hook(
@@ -188,6 +200,8 @@ class Session:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._unwrap_generate()
+        self._pending = None
         for module in self._layer_attrs:
             if hasattr(module, LAYER_ATTR):
                 delattr(module, LAYER_ATTR)
@@ -215,35 +229,69 @@ class Session:
             self.detach()
 
     # ------------------------------------------------------------------ per-forward bookkeeping
-    def _on_model_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+    def _any_site(self, site: Site) -> bool:
+        return any(site in b.plan for b in self._bound)
+
+    def _wrap_generate(self) -> None:
+        model = self.model
+        original = model.generate
+        self._had_generate_attr = "generate" in vars(model)
+        self._saved_generate = vars(model).get("generate")
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            self._stash_inputs(model, (), kwargs)
+            return original(*args, **kwargs)
+
+        model.generate = generate
+
+    def _unwrap_generate(self) -> None:
+        if not hasattr(self, "_had_generate_attr"):
+            return
+        if self._had_generate_attr:
+            self.model.generate = self._saved_generate
+        elif "generate" in vars(self.model):
+            del self.model.generate
+        del self._had_generate_attr
+
+    def _stash_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        if input_ids is not None:
+            self._pending = (input_ids, kwargs.get("attention_mask"))
+
+    def _on_text_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        embeds = kwargs.get("inputs_embeds")
         attention_mask = kwargs.get("attention_mask")
         cache = kwargs.get("past_key_values")
         past = int(cache.get_seq_length()) if cache is not None else 0
+        shape = tuple(input_ids.shape[:2]) if input_ids is not None else tuple(embeds.shape[:2])
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None and tuple(pending[0].shape[:2]) == shape:
+            # The wrapper's ids and 2-D mask (the text model may get embeddings and an already-built 4-D mask).
+            input_ids = pending[0] if input_ids is None else input_ids
+            if pending[1] is not None:
+                attention_mask = pending[1]
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            attention_mask = None
         if input_ids is None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is None:
-                raise UnsupportedModelError("hookkit needs input_ids or inputs_embeds in the model call")
             # Without ids every slot is text (regions other than padding cannot be recovered from embeddings).
-            input_ids = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+            input_ids = torch.full(shape, -1, dtype=torch.long, device=embeds.device)
         if past == 0:
             self._begin_sample(input_ids, attention_mask)
         else:
             self.tracker.extend(past, input_ids, attention_mask)
             self.step += 1
-        self.current_forward = ForwardContext(step=self.step, past_length=past, query_length=input_ids.shape[1],
+        self.current_forward = ForwardContext(step=self.step, past_length=past, query_length=shape[1],
                                               tracker=self.tracker)
 
-    def _after_model_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _on_logits(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         forward = self.current_forward
-        if forward is not None:
-            logits = getattr(output, "logits", None)
-            if logits is not None:
-                ctx = HookContext(forward, None)
-                for b in self._bound:
-                    if Site.LOGITS in b.plan:
-                        b.intervention.logits(ctx, self.states.get(b.intervention), logits.detach())
-        self.current_forward = None
+        if forward is None:
+            return
+        ctx = HookContext(forward, None)
+        for b in self._bound:
+            if Site.LOGITS in b.plan:
+                b.intervention.logits(ctx, self.states.get(b.intervention), output.detach())
 
     def _begin_sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """A new input: fresh regions and fresh per-intervention state (nothing carries over between samples)."""

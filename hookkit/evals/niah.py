@@ -256,8 +256,8 @@ def build_niah_prompt(
 
     def evaluate(c: int) -> tuple[int, int, str, int]:
         """(counted tokens, prompt tokens, context text, insertion point) for c haystack tokens."""
+        nonlocal hay
         if c not in cache:
-            nonlocal hay
             if c > len(hay):
                 hay = _haystack_ids(tokenizer, haystack, c + 1024)
             new_ids, point = insert_needle_tokens(hay[:c], needle_ids, depth_percent, periods)

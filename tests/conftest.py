@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny offline models loaded once per test session, inputs with left padding, comparisons."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import hookkit
+from hookkit.models.tiny import TINY_MODELS
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ALL_TINY = list(TINY_MODELS)
+VLM_TINY = [n for n, s in TINY_MODELS.items() if s.family not in ("llama", "qwen2", "mistral")]
+TEXT_TINY = [n for n in ALL_TINY if n not in VLM_TINY]
+
+_CACHE: dict[tuple[str, str], tuple] = {}
+
+
+def load_tiny(name: str, attn: str = "sdpa"):
+    """(model, processor, info) for a tiny model, loaded once per session through hookkit.load."""
+    key = (name, attn)
+    if key not in _CACHE:
+        model, processor = hookkit.load(name, dtype="float32", attn_implementation=attn)
+        _CACHE[key] = (model, processor, hookkit.get_model_info(model))
+    return _CACHE[key]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_sessions():
+    """Every test must leave every cached model detached."""
+    yield
+    for (name, attn), (model, _, _) in _CACHE.items():
+        assert getattr(model, "_hookkit_session", None) is None, f"{name}/{attn} left attached"
