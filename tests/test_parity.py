@@ -16,7 +16,7 @@ from helpers import build_batch, generate, masked_max_diff, max_logit_diff, pref
 import hookkit
 from hookkit.methods.noop import Noop
 
-ALL_SITES = ["layer_input", "attn_input", "head_output", "score_bias", "probs", "logits"]
+ALL_SITES = ["layer_input", "attn_input", "head_output", "score_bias", "probs", "linear", "logits"]
 
 
 @dataclass(eq=False)
@@ -46,6 +46,10 @@ class CountingNoop(Noop):
 
     def logits(self, ctx, state, logits):
         self.seen.add(("logits", ctx.forward.step))
+
+    def linear_output(self, ctx, state, target, inputs, output):
+        self.seen.add(("linear", ctx.forward.step))
+        return super().linear_output(ctx, state, target, inputs, output)
 
     def assert_ran(self, steps: int) -> None:
         missing = {(site, step) for site in ALL_SITES for step in range(steps)} - self.seen

@@ -336,7 +336,7 @@ def test_sample_log_repairs_torn_line_and_dedups(tmp_path: Path, caplog: pytest.
         SampleLog(path)
 
 
-def test_run_samples_resume_order_and_limit(tmp_path: Path) -> None:
+def test_run_samples_resume_order_and_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     samples = [{"sample_id": f"s{i}", "x": i} for i in range(10)]
     calls: list[str] = []
 
@@ -347,7 +347,10 @@ def test_run_samples_resume_order_and_limit(tmp_path: Path) -> None:
     log_path = tmp_path / "s.jsonl"
     first = run_samples(samples, predict, log=log_path, batch_size=3, limit=4, progress=False)
     assert [r["sample_id"] for r in first] == ["s0", "s1", "s2", "s3"]
-    out = run_samples(samples, predict, log=log_path, batch_size=3, skip_ids={"s9"}, progress=False)
+    capsys.readouterr()
+    out = run_samples(samples, predict, log=log_path, batch_size=3, skip_ids={"s9"}, desc="toy")
+    bar = capsys.readouterr().err
+    assert "toy:  50%" in bar and "10/10" in bar  # tqdm starts at the 4 + 1 samples already done
     assert calls == [f"s{i}" for i in range(9)]  # s0-s3 not redone, s9 skipped
     assert [r["sample_id"] for r in out] == [f"s{i}" for i in range(9)]
     assert all(r["y"] == 2 * int(r["sample_id"][1:]) and r["_time_s"] >= 0 for r in out)
@@ -415,6 +418,19 @@ def test_refuses_to_overwrite_without_resume(toy: Any, tmp_path: Path) -> None:
         _run(toy, out, n=6, resume=True, intervention={"method": "x"})
     with pytest.raises(ValueError, match="different seed"):
         _run(toy, out, n=6, resume=True, seed=8)
+
+
+def test_resume_with_other_limit_loses_nothing(toy: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    full = _run(toy, out, n=10)
+    caplog.set_level(logging.WARNING, logger="hookkit.evals.runner")
+    small = _run(toy, out, n=10, limit=4, resume=True)
+    assert "not among this run's 4 samples" in caplog.text
+    assert small["n-samples"][TASK] == {"original": 10, "effective": 4} and small["timings"]["n_samples_run"] == 0
+    assert len(_samples(out)) == 4 and len(read_jsonl(out / f"samples_{TASK}.rank0.jsonl")[0]) == 6
+    again = _run(toy, out, n=10, resume=True)  # the 6 records set aside are used again, nothing re-run
+    assert again["timings"]["n_samples_run"] == 0 and _comparable(again) == _comparable(full)
+    assert not list(out.glob("*.rank*.jsonl"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

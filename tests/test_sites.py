@@ -202,3 +202,36 @@ def test_region_masks_follow_image_tokens_under_padding_cache_and_sliding_window
                      if step == 9 and info.layer_types()[layer] == "sliding_attention"]
         assert sliding_k and all(k < total for k in sliding_k), "sliding layers must see fewer keys"
         assert all(k <= window for k in sliding_k)
+
+
+@dataclass(eq=False)
+class ScaleLinear(Intervention):
+    name = "test_scale_linear"
+    target: str = "mlp.down_proj"
+    factor: float = 0.0
+
+    def bind(self, model):
+        return {Site.LINEAR: frozenset({1})}
+
+    def linear_targets(self):
+        return [self.target]
+
+    def linear_output(self, ctx, state, target, inputs, output):
+        assert target == self.target and inputs.shape[:-1] == output.shape[:-1]
+        return output * self.factor
+
+
+def test_linear_site_edits_the_named_submodule() -> None:
+    model, processor, info = load_tiny("tiny-llama")
+    batch = build_batch(info, processor, 2)
+    mlp = info.decoder_layers[1].mlp
+    handle = mlp.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+    try:
+        removed = prefill_logits(model, batch)
+    finally:
+        handle.remove()
+    with hookkit.attach(model, ScaleLinear()):
+        hooked = prefill_logits(model, batch)
+    assert masked_max_diff(removed, hooked, batch["attention_mask"]) == 0.0
+    with pytest.raises(hookkit.ConfigError, match=r"target_modules: layer 1 has no sub-module 'mlp\.nope'"):
+        hookkit.attach(model, ScaleLinear(target="mlp.nope"))

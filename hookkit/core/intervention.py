@@ -12,6 +12,7 @@ An intervention is plain configuration plus callbacks (in the spirit of PEFT's c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -207,7 +208,10 @@ class Intervention:
         return None
 
     def params(self) -> dict[str, Any]:
-        """JSON-serialisable parameters (for recipes); tensors go in ``tensors()``."""
+        """JSON-serialisable parameters (for recipes): by default the dataclass fields; tensors go in ``tensors()``."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.init and not f.name.startswith("_")}
         return {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -230,6 +234,15 @@ class Intervention:
         return None
 
     def logits(self, ctx: HookContext, state: Any, logits: torch.Tensor) -> None:
+        return None
+
+    def linear_targets(self) -> list[str]:
+        """Sub-module paths inside a decoder layer hooked by the ``LINEAR`` site, e.g. ``["self_attn.q_proj"]``."""
+        return []
+
+    def linear_output(self, ctx: HookContext, state: Any, target: str, inputs: torch.Tensor,
+                      output: torch.Tensor) -> torch.Tensor | None:
+        """Return a replacement for ``output`` of ``target`` (``inputs`` is the module input), or None."""
         return None
 
     # ---------------------------------------------------------------- attention-level sites

@@ -100,13 +100,17 @@ class Session:
 
     def _check_conflicts(self, bound: list[_Bound]) -> None:
         writers: dict[tuple[Site, int], list[str]] = defaultdict(list)
+        linear_writers: dict[tuple[int, str], list[str]] = defaultdict(list)
         kernels: dict[int, str] = {}
         for b in bound:
             for site, layers in b.plan.items():
                 for layer in layers:
                     if site == Site.ATTENTION:
                         kernels[layer] = b.intervention.name
-                    if site not in READ_ONLY_SITES:
+                    if site == Site.LINEAR:  # conflicts are per target module, checked below
+                        for target in b.intervention.linear_targets():
+                            linear_writers[(layer, target)].append(b.intervention.name)
+                    elif site not in READ_ONLY_SITES:
                         writers[(site, layer)].append(b.intervention.name)
         for (site, layer), names in writers.items():
             if len(names) > 1 and (site == Site.ATTENTION or not self._stacking_allowed(site)):
@@ -115,6 +119,10 @@ class Session:
                     f"{' and '.join(names)} both write site {site.value!r} on layer {layer}; set "
                     f"allow_stacking (true, or a list of sites) to apply them in the declared order"
                     + (" (the 'attention' site can never be stacked)" if site == Site.ATTENTION else ""))
+        for (layer, target), names in linear_writers.items():
+            if len(names) > 1 and not self._stacking_allowed(Site.LINEAR):
+                raise ConfigError("recipe.allow_stacking", f"{' and '.join(names)} both write {target!r} on layer "
+                                  f"{layer}; set allow_stacking to apply them in the declared order")
         for b in bound:
             for site in (Site.SCORE_BIAS, Site.PROBS):
                 clash = sorted(set(b.plan.get(site, ())) & set(kernels))
@@ -154,6 +162,8 @@ class Session:
                 # Installed on whatever sits at o_proj now: after PEFT wrapping, on the LoRA wrapper (pitfall 11).
                 self._handles.append(self.info.o_proj(layer).register_forward_pre_hook(
                     self._head_output_hook(layer, ivs)))
+            for layer, ivs in per_site[Site.LINEAR].items():
+                self._install_linear_hooks(layer, ivs)
             attention_layers = sorted({layer for site in ATTENTION_LEVEL_SITES for layer in per_site[site]})
             if attention_layers:
                 self._switch_attention(attention_layers, per_site)
@@ -161,6 +171,35 @@ class Session:
         except BaseException:
             self._remove_everything()
             raise
+
+    def _install_linear_hooks(self, layer: int, ivs: list[Intervention]) -> None:
+        decoder_layer = self.info.decoder_layers[layer]
+        targets: dict[str, list[Intervention]] = defaultdict(list)
+        for iv in ivs:
+            for target in iv.linear_targets():
+                targets[target].append(iv)
+        for target, target_ivs in targets.items():
+            try:
+                module = decoder_layer.get_submodule(target)
+            except AttributeError:
+                raise ConfigError(f"{target_ivs[0].name}.target_modules", f"layer {layer} has no sub-module "
+                                  f"{target!r}", sorted(n for n, m in decoder_layer.named_modules()
+                                                        if isinstance(m, nn.Linear))) from None
+            self._handles.append(module.register_forward_hook(self._linear_hook(layer, target, target_ivs)))
+
+    def _linear_hook(self, layer: int, target: str, ivs: list[Intervention]):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor):
+            ctx = self._ctx(layer)
+            if ctx is None:
+                return None
+            changed = False
+            for iv in ivs:
+                new = iv.linear_output(ctx, self.states[iv], target, args[0], output)
+                if new is not None:
+                    output, changed = new, True
+            return output if changed else None
+
+        return hook
 
     def _layers_per_site(self) -> dict[Site, dict[int, list[Intervention]]]:
         per_site: dict[Site, dict[int, list[Intervention]]] = {site: defaultdict(list) for site in Site}

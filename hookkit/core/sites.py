@@ -19,7 +19,10 @@ class Site(str, Enum):
       materialised (in fp32); every other row stays on the stock kernel.
     * ``ATTENTION`` — replace the attention computation of a layer altogether (LongHeads' chunk routing, MoH's
       head skipping). Exclusive: nothing else may touch the scores or probabilities of that layer.
-    * ``LOGITS`` — the final logits (read only).
+    * ``LINEAR`` — the output of named linear sub-modules of a decoder layer (``self_attn.q_proj``,
+      ``mlp.down_proj``...), read and write: ``out' = f(x, out)``. Adapters such as ALoRA add a side branch here
+      without replacing modules; the intervention lists its targets in ``linear_targets()``.
+    * ``LOGITS`` — the output of ``lm_head`` (read only; before any final logit soft-capping).
     """
 
     LAYER_INPUT = "layer_input"
@@ -28,6 +31,7 @@ class Site(str, Enum):
     SCORE_BIAS = "score_bias"
     PROBS = "probs"
     ATTENTION = "attention"
+    LINEAR = "linear"
     LOGITS = "logits"
 
 

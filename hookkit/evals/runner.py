@@ -44,6 +44,7 @@ do not depend on which process ran a sample or whether the run was resumed (exac
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -167,12 +168,13 @@ def read_jsonl(path: str | os.PathLike[str]) -> tuple[list[Record], int, bool]:
     return records, good_size, torn
 
 
-def _dedup(records: Iterable[Record], source: str) -> list[Record]:
+def _dedup(records: Iterable[Record], source: str, *, quiet_identical: bool = False) -> list[Record]:
     """De-duplicate by ``sample_id`` in first-appearance order.
 
     The first successful record of an id wins; an id with only error records keeps its first error record.
-    Duplicates are logged: a warning when they disagree, debug when identical (e.g. a merged file and a rank
-    log both holding a record after a crash during cleanup), info when a retry superseded an error record.
+    Duplicates are logged as warnings, except a successful retry superseding an error record (info) and, with
+    ``quiet_identical``, duplicates whose stable fields agree (debug; a merged file and a rank log both hold the
+    record when a run was killed between writing the merged file and deleting the rank logs).
     """
     kept: dict[str, Record] = {}
     for record in records:
@@ -183,7 +185,7 @@ def _dedup(records: Iterable[Record], source: str) -> list[Record]:
         elif _is_error(first) and not _is_error(record):
             logger.info("%s: sample %r: successful retry supersedes error record", source, sid)
             kept[sid] = record
-        elif stable_record(first) == stable_record(record):
+        elif quiet_identical and stable_record(first) == stable_record(record):
             logger.debug("%s: identical duplicate of sample %r ignored", source, sid)
         else:
             logger.warning("%s: duplicate records for sample %r; keeping the first", source, sid)
@@ -306,7 +308,32 @@ def get_state() -> PartialState:
             f"launched with WORLD_SIZE={launched} but accelerate sees {state.num_processes} process(es); "
             "create the PartialState/Accelerator with cpu=True on CPU-only machines"
         )
+    _register_process_group_cleanup()
     return state
+
+
+_cleanup_registered = False
+
+
+def _destroy_process_group() -> None:
+    """atexit hook: tear the process group down before the interpreter exits.
+
+    Without it, gloo processes that exit with a live group sometimes abort ("terminate called without an active
+    exception") while their peer is still shutting down, which turns a successful run into a launcher failure.
+    Destroying is local (no collective), so it cannot hang when another process died.
+    """
+    try:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        logger.debug("destroy_process_group at exit failed", exc_info=True)
+
+
+def _register_process_group_cleanup() -> None:
+    global _cleanup_registered
+    if not _cleanup_registered and torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.register(_destroy_process_group)
+        _cleanup_registered = True
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -559,14 +586,20 @@ def _read_logs(paths: Sequence[Path]) -> list[Record]:
 
 
 def _fingerprint_fields(
-    task: Any, model_info: Mapping[str, Any], intervention: Mapping[str, Any] | None, seed: int | None
+    task: Any,
+    task_config: Mapping[str, Any],
+    data_files: Sequence[Mapping[str, Any]],
+    model_info: Mapping[str, Any],
+    intervention: Mapping[str, Any] | None,
+    seed: int | None,
 ) -> dict[str, Any]:
+    """What must not change between a run and its resume (file locations and devices may)."""
     return to_jsonable(
         {
             "task": task.name,
             "version": getattr(task, "version", "0"),
-            "task_config": task.config(),
-            "data_files": [{"path": d.get("path"), "sha256": d.get("sha256")} for d in task.data_files()],
+            "task_config": task_config,
+            "data_files": [{"role": d.get("role"), "sha256": d.get("sha256")} for d in data_files],
             "model": {k: v for k, v in model_info.items() if k not in _RESUMABLE_MODEL_KEYS},
             "intervention_hash": None if intervention is None else sha256_of(intervention),
             "seed": seed,
@@ -663,7 +696,9 @@ def evaluate(
             f"{paths.output_dir} already holds output of task {name!r} ({listing}); pass resume=True (--resume) "
             "to continue that run, or choose a new output directory"
         )
-    fields = _fingerprint_fields(task, model_info, intervention, seed)
+    task_config = dict(task.config())
+    data_files = [dict(d) for d in task.data_files()]  # hashes the files: do it once
+    fields = _fingerprint_fields(task, task_config, data_files, model_info, intervention, seed)
     if resume:
         _check_manifest(paths.manifest, fields)
 
@@ -717,6 +752,8 @@ def evaluate(
             paths,
             samples=samples,
             ids=ids,
+            task_config=task_config,
+            data_files=data_files,
             n_original=len(all_samples),
             all_stats=all_stats,
             t_start=t_start,
@@ -740,6 +777,8 @@ def _finalize(
     *,
     samples: list[Sample],
     ids: list[str],
+    task_config: dict[str, Any],
+    data_files: list[dict[str, Any]],
     n_original: int,
     all_stats: list[dict[str, Any]],
     t_start: float,
@@ -756,7 +795,9 @@ def _finalize(
 ) -> dict[str, Any]:
     """Merge all logs into the samples file, aggregate, write and return the results (main process only)."""
     shard_paths = paths.shards()
-    merged = _dedup(_read_logs([paths.samples, *shard_paths]), f"{paths.output_dir}/samples_{paths.task}*")
+    merged = _dedup(
+        _read_logs([paths.samples, *shard_paths]), f"{paths.output_dir}/samples_{paths.task}*", quiet_identical=True
+    )
     by_id = {r["sample_id"]: r for r in merged}
     missing = [sid for sid in ids if sid not in by_id]
     if missing:
@@ -810,7 +851,7 @@ def _finalize(
         n_effective=len(samples),
         task_hash_value=task_hash(records),
         error_ids=error_ids,
-        task_config=task.config(),
+        task_config=task_config,
         task_version=getattr(task, "version", "0"),
         higher_is_better=task.higher_is_better() if hasattr(task, "higher_is_better") else None,
         model_info=model_info,
@@ -820,7 +861,7 @@ def _finalize(
         num_processes=world,
         cli_args=cli_args,
         intervention=intervention,
-        data_files=task.data_files(),
+        data_files=data_files,
         seeds=seeds,
         timings=timings,
         peak_memory=peak_memory,

@@ -400,11 +400,9 @@ def format_metrics(metrics: Mapping[str, Any], filter_name: str = "none") -> dic
     names = {k.split(",")[0] for k in metrics}
     for key, value in metrics.items():
         out[metric_key(key, filter_name)] = value
-    for key, value in metrics.items():
         base = key.split(",")[0]
-        if base.endswith("_stderr") or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if f"{base}_stderr" not in names:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and not base.endswith("_stderr") and f"{base}_stderr" not in names:
             filt = key.split(",")[1] if "," in key else filter_name
             out[f"{base}_stderr,{filt}"] = "N/A"
     return out

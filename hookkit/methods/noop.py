@@ -25,6 +25,8 @@ from hookkit.models.base import ModelInfo
 @register_method
 @dataclass(eq=False)
 class Noop(Intervention):
+    """A neutral intervention on any sites (parity checks, overhead measurements)."""
+
     name = "noop"
 
     sites: list[str] = field(default_factory=lambda: [s.value for s in Site if s != Site.ATTENTION],
@@ -33,6 +35,8 @@ class Noop(Intervention):
     exercise: bool = field(default=True, metadata={"help": "return identity results that force each write path"})
     prob_rows_region: str = field(default="all", metadata={
         "help": "query rows materialised for the probs site: 'all' or a region name"})
+    targets: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"],
+                               metadata={"help": "sub-modules hooked by the linear site"})
 
     def bind(self, model: ModelInfo) -> SitePlan:
         sites = [site_from_name(s) for s in self.sites]
@@ -42,9 +46,12 @@ class Noop(Intervention):
         layers = frozenset(range(model.num_layers) if self.layers is None else self.layers)
         return {s: frozenset() if s in MODEL_LEVEL_SITES else layers for s in sites}
 
-    def params(self) -> dict[str, Any]:
-        return {"sites": list(self.sites), "layers": self.layers, "exercise": self.exercise,
-                "prob_rows_region": self.prob_rows_region}
+    def linear_targets(self) -> list[str]:
+        return list(self.targets)
+
+    def linear_output(self, ctx: HookContext, state: Any, target: str, inputs: torch.Tensor,
+                      output: torch.Tensor) -> torch.Tensor | None:
+        return output * 1.0 if self.exercise else None
 
     def layer_input(self, ctx: HookContext, state: Any, hidden: torch.Tensor) -> torch.Tensor | None:
         return hidden if self.exercise else None
