@@ -549,3 +549,15 @@ def test_write_pope_jsonl_is_official_format(tmp_path: Path) -> None:
     assert [q.to_record() for q in load_pope_questions(path)] == splits["popular"]
     assert describe_pope_file(path)["imange_typos"] == 0
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_legacy_an_rule_reproduces_imange_typo_count(tmp_path: Path) -> None:
+    # With the original template.replace("a", "an"), every question about a vowel-initial object has the typo,
+    # which is why the old files have 144 / 44 / 58 of them.
+    splits = build_pope_splits(_coco(IMAGES), num_images=8, seed=3, an_rule="legacy")
+    for split, records in splits.items():
+        vowel_questions = sum(_object(r["text"].replace("imange", "image"))[0] in "aeiou" for r in records)
+        assert vowel_questions > 0
+        path = tmp_path / f"coco_pope_{split}.json"
+        write_pope_jsonl(records, path)
+        assert describe_pope_file(path)["imange_typos"] == vowel_questions

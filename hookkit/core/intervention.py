@@ -36,6 +36,8 @@ class SampleInfo:
     regions: torch.Tensor  # [B, S] Region codes of the prompt
     input_ids: torch.Tensor  # [B, S]
     model: ModelInfo
+    #: per-sample options an orchestrator handed to this intervention (e.g. VHR's paired no-image rows)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -206,6 +208,13 @@ class Intervention:
     def new_state(self, sample: SampleInfo) -> Any:
         """Per-sample state, created at every prefill and passed back to every callback."""
         return None
+
+    def select_rows(self, state: Any, rows: torch.Tensor) -> Any:
+        """Keep only batch ``rows`` of ``state`` (after a lock-step prefill dropped its reference rows)."""
+        if state is None:
+            return None
+        raise NotImplementedError(f"{self.name} cannot drop batch rows of its state, so it cannot be combined "
+                                  "with a lock-step reference branch (VHR)")
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable parameters (for recipes): by default the dataclass fields; tensors go in ``tensors()``."""

@@ -65,6 +65,8 @@ class Session:
         self._previous_attn: str | None = None
         self._switched_attn = False
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        #: options for the next new input, per intervention (consumed at the next prefill)
+        self.next_sample_extras: dict[Intervention, dict[str, Any]] = {}
         self._bound = self._bind_all()
 
     # ------------------------------------------------------------------ validation (no side effects)
@@ -336,9 +338,18 @@ class Session:
         """A new input: fresh regions and fresh per-intervention state (nothing carries over between samples)."""
         self.tracker.start(input_ids, attention_mask)
         self.step = 0
-        sample = SampleInfo(batch_size=input_ids.shape[0], prompt_length=input_ids.shape[1],
-                            regions=self.tracker.regions, input_ids=input_ids, model=self.info)
-        self.states = {b.intervention: b.intervention.new_state(sample) for b in self._bound}
+        extras, self.next_sample_extras = self.next_sample_extras, {}
+        self.states = {}
+        for b in self._bound:
+            sample = SampleInfo(batch_size=input_ids.shape[0], prompt_length=input_ids.shape[1],
+                                regions=self.tracker.regions, input_ids=input_ids, model=self.info,
+                                extras=dict(extras.get(b.intervention, {})))
+            self.states[b.intervention] = b.intervention.new_state(sample)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep batch ``rows`` of the current sample (the caller reduces the KV cache the same way)."""
+        self.tracker.select_rows(rows)
+        self.states = {iv: iv.select_rows(state, rows) for iv, state in self.states.items()}
 
     # ------------------------------------------------------------------ module hooks
     def _ctx(self, layer: int | None) -> HookContext | None:
