@@ -101,7 +101,7 @@ def test_double_attach_is_an_error_and_leaves_the_first_session_working() -> Non
 def test_failed_attach_changes_nothing() -> None:
     model, processor, info = load_tiny("tiny-llava")
     before = snapshot(model)
-    with pytest.raises(ConfigError, match=r"noop\.layers.*out of range.*allowed: 0\.\.2"):
+    with pytest.raises(ConfigError, match=r"noop\.layers.*out of range.*allowed: 0\.\.3"):
         hookkit.attach(model, Noop(layers=[0, 7]))
     assert_same(before, snapshot(model))
 
@@ -233,7 +233,7 @@ def test_describe_lists_layers_heads_regions_and_hooks() -> None:
     model, processor, info = load_tiny("tiny-qwen2-vl")
     with hookkit.attach(model, Noop(sites=["score_bias", "head_output"], layers=[1])) as session:
         d = session.describe()
-    assert (d["num_layers"], d["num_heads"], d["num_kv_heads"], d["head_dim"]) == (3, 4, 2, 16)
+    assert (d["num_layers"], d["num_heads"], d["num_kv_heads"], d["head_dim"]) == (4, 4, 2, 16)
     assert d["regions"] == ["padding", "text_before_image", "image", "text_after_image", "generated"]
     assert d["hooks"] == {"head_output": {"1": ["noop"]}, "score_bias": {"1": ["noop"]}}
     assert d["image_token_ids"] == [500] and d["vision_modules"] == ["model.visual"]

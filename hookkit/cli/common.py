@@ -35,9 +35,14 @@ def recipe_from_args(args: argparse.Namespace, *, required: bool = False) -> Rec
     if args.recipe:
         if args.param:
             raise ConfigError("--param", "parameters come from the recipe file when --recipe is given")
-        return Recipe.load(args.recipe)
-    if args.method:
-        return Recipe.single(args.method, parse_param_strings(args.param))
+        recipe = Recipe.load(args.recipe)
+    elif args.method:
+        recipe = Recipe.single(args.method, parse_param_strings(args.param))
+    else:
+        recipe = None
+    if recipe is not None:
+        recipe.build_interventions()  # unknown methods or parameter names fail now, before any model loads
+        return recipe
     if args.param:
         raise ConfigError("--param", "given without --method")
     if required:

@@ -209,6 +209,19 @@ class Intervention:
         """Per-sample state, created at every prefill and passed back to every callback."""
         return None
 
+    def writes(self, site: Site) -> bool:
+        """Whether this method changes ``site`` (True) or only reads it; readers never conflict with writers."""
+        return True
+
+    def reference_branch(self) -> str | None:
+        """``"lockstep"`` or ``"probe"`` when the method compares each prompt with its no-image version (VHR);
+        ``hookkit.generate`` then runs that branch. None (the default) for everything else."""
+        return None
+
+    def probe_result(self, state: Any) -> dict[str, Any]:
+        """After a ``"probe"`` pass: what to hand to the real generation as per-sample extras."""
+        return {}
+
     def select_rows(self, state: Any, rows: torch.Tensor) -> Any:
         """Keep only batch ``rows`` of ``state`` (after a lock-step prefill dropped its reference rows)."""
         if state is None:

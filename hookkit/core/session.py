@@ -112,7 +112,7 @@ class Session:
                     if site == Site.LINEAR:  # conflicts are per target module, checked below
                         for target in b.intervention.linear_targets():
                             linear_writers[(layer, target)].append(b.intervention.name)
-                    elif site not in READ_ONLY_SITES:
+                    elif site not in READ_ONLY_SITES and b.intervention.writes(site):
                         writers[(site, layer)].append(b.intervention.name)
         for (site, layer), names in writers.items():
             if len(names) > 1 and (site == Site.ATTENTION or not self._stacking_allowed(site)):

@@ -75,13 +75,28 @@ class FamilyAdapter:
         tokenizer = getattr(processor, "tokenizer", processor)
         _ensure_left_padding(tokenizer)
         if not self.is_vlm:
-            batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            # A rendered chat template already holds its special tokens (BOS included where the model uses one).
+            templated = bool(getattr(tokenizer, "chat_template", None))
+            batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=not templated)
         elif all(im is None for im in images):
             batch = processor(text=texts, padding=True, return_tensors="pt")
         else:
             batch = processor(text=texts, images=[[im] if im is not None else [] for im in images], padding=True,
                               return_tensors="pt")
         return batch.to(device) if device is not None else batch
+
+
+    # ------------------------------------------------------------------ generation plumbing
+    def select_rows(self, model: nn.Module, rows: torch.Tensor) -> None:
+        """Reduce per-batch state kept inside the model to ``rows`` (Qwen-VL caches its M-RoPE deltas)."""
+        inner = getattr(model, "model", None)
+        deltas = getattr(inner, "rope_deltas", None)
+        if isinstance(deltas, torch.Tensor) and deltas.shape[0] > len(rows):
+            inner.rope_deltas = deltas[rows.to(deltas.device)]
+
+    def continue_generate(self, model: nn.Module, **kwargs: Any) -> Any:
+        """Continue decoding from a filled cache with text inputs only (the image is already in the cache)."""
+        return model.generate(**kwargs)
 
 
 def _ensure_left_padding(tokenizer: Any) -> None:

@@ -1,10 +1,12 @@
 """InstructBLIP: ViT + Q-Former; 32 learned query embeddings (8 in the tiny model) replace ``<image>`` tokens
 placed before the text, and the Q-Former also reads the instruction.
 
-Removing the image means running the language model on the text alone (methods-lvlm.md §1.10). The processor adds
-the query tokens to every row whenever images are passed, so a batch that mixes image and text-only rows (VHR's
-lock-step prefill) is built row by row and left-padded here; the Q-Former inputs keep only the image rows, aligned
-with ``pixel_values``.
+Removing the image means running the language model on the text alone (methods-lvlm.md §1.10). Batches are built
+row by row here, for two reasons: the processor adds the query tokens to every row whenever images are passed (so
+it cannot mix image and text-only rows, as VHR's lock-step prefill needs), and in a batch it left-pads the Q-Former
+instruction too, which shifts the Q-Former's absolute positions so that a prompt's answer depends on its batch
+neighbours. Here the language-model rows are left-padded and the Q-Former rows right-padded (batch-invariant); the
+Q-Former inputs keep only the image rows, aligned with ``pixel_values``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,6 @@ class InstructBlipAdapter(FamilyAdapter):
             raise InputError(f"prompts and images differ in length: {len(prompts)} vs {len(images)}")
         tokenizer = processor.tokenizer
         _ensure_left_padding(tokenizer)
-        if all(im is not None for im in images) or all(im is None for im in images):
-            kwargs = {"images": list(images)} if images and images[0] is not None else {}
-            batch = processor(text=list(prompts), padding=True, return_tensors="pt", **kwargs)
-            return batch.to(device) if device is not None else batch
         rows = [processor(text=[p], images=[im], return_tensors="pt") if im is not None
                 else processor(text=[p], return_tensors="pt") for p, im in zip(prompts, images)]
         width = max(r["input_ids"].shape[1] for r in rows)
@@ -49,17 +47,24 @@ class InstructBlipAdapter(FamilyAdapter):
             ids.append(torch.cat([torch.full((1, n), pad_id, dtype=torch.long), r["input_ids"]], dim=1))
             mask.append(torch.cat([torch.zeros(1, n, dtype=torch.long), r["attention_mask"]], dim=1))
         image_rows = [r for r in rows if "pixel_values" in r]
+        from transformers import BatchFeature
+
+        if not image_rows:
+            batch = BatchFeature({"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)})
+            return batch.to(device) if device is not None else batch
         qwidth = max(r["qformer_input_ids"].shape[1] for r in image_rows)
         q_ids, q_mask = [], []
         for r in image_rows:  # the Q-Former tokenizer pads on the right
             n = qwidth - r["qformer_input_ids"].shape[1]
             q_ids.append(torch.cat([r["qformer_input_ids"], torch.zeros(1, n, dtype=torch.long)], dim=1))
             q_mask.append(torch.cat([r["qformer_attention_mask"], torch.zeros(1, n, dtype=torch.long)], dim=1))
-        from transformers import BatchFeature
-
         batch = BatchFeature({
             "input_ids": torch.cat(ids), "attention_mask": torch.cat(mask),
             "pixel_values": torch.cat([r["pixel_values"] for r in image_rows]),
             "qformer_input_ids": torch.cat(q_ids), "qformer_attention_mask": torch.cat(q_mask),
         })
         return batch.to(device) if device is not None else batch
+
+    def continue_generate(self, model: Any, **kwargs: Any) -> Any:
+        # InstructBLIP's generate insists on pixel_values; its language model continues from the cache alone.
+        return model.language_model.generate(**kwargs)

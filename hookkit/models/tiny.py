@@ -36,7 +36,7 @@ TEXT_CONFIG: dict[str, Any] = dict(
     vocab_size=512,
     hidden_size=64,
     intermediate_size=128,
-    num_hidden_layers=3,
+    num_hidden_layers=4,  # 4, not fewer: VAR edits layers >= 2 except the last, so layer 2 must exist and not be last
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=1024,
@@ -82,10 +82,16 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def _generic_template(image_marker: str, user: str = "User:", assistant: str = "Assistant:") -> str:
-    """``User: <image marker>{text}\nAssistant:``; content may be a string or a list of typed parts."""
+def _generic_template(image_marker: str, user: str = "User:", assistant: str = "Assistant:",
+                      bos: bool = False) -> str:
+    """``User: <image marker>{text}\nAssistant:``; content may be a string or a list of typed parts.
+
+    ``bos``: the template itself starts with the BOS token, as Llama-2 chat templates do (text-only models are
+    tokenised from the rendered template without adding special tokens again).
+    """
     return (
-        "{% for message in messages %}"
+        ("{{ bos_token }}" if bos else "")
+        + "{% for message in messages %}"
         "{% if message['role'] == 'user' %}" + user + " "
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
         "{% for c in message['content'] %}{% if c['type'] == 'image' %}" + image_marker + "{% endif %}"
@@ -137,12 +143,14 @@ def make_tokenizer(
     vocab_size: int = 512,
     extra_special_tokens: dict[str, str] | None = None,
     chat_template: str | None = None,
+    add_bos: bool = False,
 ) -> T.PreTrainedTokenizerFast:
     """A deterministic word-level tokenizer (no download) with the given special tokens at fixed ids.
 
-    Left padding is the default: every hookkit batch is left-padded for generation.
+    Left padding is the default: every hookkit batch is left-padded for generation. ``add_bos`` prepends ``<s>``
+    like the Llama tokenizers of LLaVA and InstructBLIP (VAR's text sink is typically that BOS token).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab: dict[str, int] = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     reserved = set(specials.values())
@@ -165,6 +173,8 @@ def make_tokenizer(
          pre_tokenizers.Punctuation(behavior="isolated")]
     )
     tk.decoder = decoders.WordPiece()
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     fast = T.PreTrainedTokenizerFast(
         tokenizer_object=tk,
         pad_token="<pad>",
@@ -201,7 +211,7 @@ class TinySpec:
 
 # ---------------------------------------------------------------- text decoders
 def _text_tokenizer() -> T.PreTrainedTokenizerFast:
-    return make_tokenizer({}, chat_template=_generic_template(""))
+    return make_tokenizer({}, chat_template=_generic_template("", bos=True), add_bos=True)
 
 
 def _llama_config() -> T.PretrainedConfig:
@@ -224,7 +234,7 @@ IMG = 500  # image token id used by every tiny VLM
 
 def _llava_tokenizer() -> T.PreTrainedTokenizerFast:
     return make_tokenizer({"<image>": IMG}, extra_special_tokens={"image_token": "<image>"},
-                          chat_template=LLAVA_CHAT_TEMPLATE)
+                          chat_template=LLAVA_CHAT_TEMPLATE, add_bos=True)
 
 
 def _llava_config() -> T.PretrainedConfig:
@@ -368,7 +378,7 @@ def _instructblip_config() -> T.PretrainedConfig:
 
 def _instructblip_processor() -> Any:
     # No image_token attribute: InstructBlipProcessor then registers "<image>" itself (it already has id IMG).
-    tok = make_tokenizer({"<image>": IMG})
+    tok = make_tokenizer({"<image>": IMG}, add_bos=True)
     qtok = make_tokenizer({})
     qtok.padding_side = "right"
     ip = T.BlipImageProcessor(size={"height": 56, "width": 56})

@@ -1,0 +1,24 @@
+"""Input helpers with errors that name the offending file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from hookkit.errors import InputError
+
+
+def load_image(path: str | Path, *, field: str = "image") -> Image.Image:
+    """Open an image as RGB; a missing, unreadable or corrupt file raises ``InputError`` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{field}: file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise InputError(f"{field}: {str(path)!r} is not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so truncated files fail here and not inside the processor
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{field}: cannot read {str(path)!r} as an image ({exc.__class__.__name__}: {exc})") from exc

@@ -1,0 +1,528 @@
+"""``longheads``: training-free long context by per-head chunk selection (LongHeads, arXiv 2402.10685).
+
+The context is cut into chunks of ``chunk_size`` (w) tokens. For a query at position t ≥ ``begin_selective`` (B),
+every (layer, query head) attends to at most K = ``atten_length`` / w chunks: chunk 0 (attention sink), the
+K−3 chunks whose summary scores highest against the query, the previous chunk and the query's own (partial)
+chunk. The selected chunks get contiguous positions 0…K·w−1, so every RoPE distance stays inside the trained
+range. Algorithm as implemented in the official code (``LuLuLuyi/LongHeads``): ../shared/reference/methods-llm.md
+§1.3–1.4.
+
+How it sits on the registry (no forked model):
+
+* ``LINEAR`` site on ``self_attn.q_proj`` / ``self_attn.k_proj``: captures the raw, un-rotated queries and keys
+  of the forward (biases included, as the official code caches them; §1.10). Read only.
+* ``ATTENTION`` site: computes the layer's attention. Values come from ``call.value`` (the model's own KV cache).
+* Per-layer, per-row state (``new_state``, fresh for every prompt): the *locally rotated* keys
+  ``k_loc[j] = R(j mod w)·k_raw[j]`` of every real token, the locally rotated queries of the current incomplete
+  chunk, and one summary per complete chunk and query head.
+
+Chunk summaries (§1.3 a): local RoPE, bidirectional in-chunk attention ``o_j``, summary query ``s_c = mean_j o_j``,
+then ``c_c = Σ_l softmax(s_c·k̃_l/√d)·k̃_l``. Score of chunk c for query t: ``q_raw[t]·c_c`` (un-rotated query,
+no scale, §1.3 b).
+
+Re-indexed RoPE without re-applying RoPE (the relative trick): with ``q_loc = R(t mod w)·q_raw``, a key in selected
+chunk s scores ``(R(ρ_q·w + a)q)·(R(ρ_s·w + b)k) = q_locᵀ R((ρ_q−ρ_s)·w) k_loc``, where ρ are ranks in the sorted
+selection. Only rotations by multiples of w (at most K distinct ones) are needed, all angles stay below K·w, and
+nothing is rotated at a position outside the trained range.
+
+Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to
+transformers' ``sdpa_attention_forward`` with the call's own arguments (bit-identical to stock sdpa). Between B and
+``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
+true ones, so those queries also take the ordinary causal path.
+
+Vectorised prefill (no loop per token): queries are processed in blocks of one chunk (or ``query_block``). For a
+block the exact per-token selection of every query is computed at once (top-k over the chunk scores); the
+(chunk, displacement) pairs the block uses are de-duplicated per head; their keys are gathered once, rotated by
+the displacement, and one fused SDPA call with an additive mask gives every query exactly its own keys (the mask
+hides, per query, the pairs it did not select, plus the future inside the current chunk). A block whose queries
+disagree a lot is split in halves. Memory per block is O(query_block · pairs · w), independent of the context, so
+peak attention memory grows linearly with the context.
+
+Differences from the official code (each one deliberate; see docs/methods/longheads.md):
+
+1. **GQA** (the official code is MHA only): selection per *query head* by default (summaries per query head from
+   the group's shared keys; methods-llm.md §1.10 choice A); ``gqa_selection="kv_head"`` selects per KV head by
+   summing the group's chunk scores (choice B, cheaper).
+2. **The query sees its own key at prefill** (``include_self=True``), as at decode. The official prefill drops it
+   (pitfall §1.8.2); ``include_self=False`` reproduces that quirk (prefill only, decode always includes it).
+3. **Summaries are maintained below B** (every completed chunk gets its summary, during prefill and decoding), so
+   generation crossing B works; the official code raises there (pitfall §1.8.3).
+4. **Decode at a chunk-completing token** uses the same rule as prefill (chunk 0, previous chunk and current chunk
+   forced, K−3 by score). The official decode, when the current token completes its chunk (L mod w = 0), forces
+   only chunk 0 and the just-completed chunk and lets the previous chunk compete.
+5. **Relative RoPE trick** instead of re-rotating gathered raw keys at positions 0…n−1 (mathematically equal).
+6. **Batches with left padding** (rows handled independently; positions count real tokens), any number of layers
+   (``layers``; default all, as the official code), any Llama-style model with plain RoPE (Llama, Qwen2 with
+   biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
+7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from hookkit.core.intervention import AttnCall, HookContext, Intervention, SampleInfo, SitePlan
+from hookkit.core.regions import Region
+from hookkit.core.sites import Site
+from hookkit.errors import ConfigError, UnsupportedModelError
+from hookkit.methods.registry import register_method
+from hookkit.models.base import ModelInfo, rotary_embedding
+
+Q_PROJ = "self_attn.q_proj"
+K_PROJ = "self_attn.k_proj"
+GQA_CHOICES = ("query_head", "kv_head")
+DEFAULT_ATTEN_LENGTH = 4096
+# A block is split in halves when its de-duplicated (chunk, displacement) pairs exceed this multiple of K and
+# the halves need clearly fewer pairs: the fused kernel computes every query against every pair of its block.
+_SPLIT_FACTOR = 1.5
+_MIN_SPLIT_QUERIES = 16
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """HF's RoPE pairing (dims i and i + D/2), as in ``modeling_llama.rotate_half``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``R(p)·x`` for broadcastable ``cos``/``sin`` of the angles ``p·θ``."""
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class _Row:
+    """LongHeads state of one (layer, batch row)."""
+
+    k_loc: torch.Tensor  # [Hkv, cap, D] locally rotated keys of real tokens 0..length-1 (model dtype)
+    summ: torch.Tensor  # [H, cap_chunks, D] chunk summaries c_c (fp32 or wider)
+    q_tail: torch.Tensor  # [H, length - n_summ*w, D] locally rotated queries of the incomplete chunk
+    length: int = 0
+    n_summ: int = 0
+
+
+@dataclass
+class LongHeadsState:
+    """Per-sample state (``new_state``): per layer a list of per-row states, plus diagnostics."""
+
+    n_pad: list[int]  # left-padding slots per row
+    rows: dict[int, list[_Row]] = field(default_factory=dict)
+    pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    slots_seen: dict[int, int] = field(default_factory=dict)  # cache slots processed per layer
+    rope_local: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [w, D] of positions 0..w-1 (fp32)
+    rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
+    trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
+    stats: dict[str, Any] = field(default_factory=lambda: {"blocks": 0, "queries": 0, "pairs_sum": 0,
+                                                           "pairs_max": 0, "pair_hist": {}, "splits": 0})
+
+
+@register_method
+@dataclass(eq=False)
+class LongHeads(Intervention):
+    """LongHeads: each head attends to its own top-scoring context chunks (training-free long context)."""
+
+    name = "longheads"
+
+    chunk_size: int = field(default=256, metadata={"help": "chunk size w in tokens"})
+    atten_length: int | None = field(default=None, metadata={
+        "help": "tokens per head (K = atten_length / chunk_size chunks); default min(4096, trained length), "
+                "a multiple of chunk_size"})
+    begin_selective: int | None = field(default=None, metadata={
+        "help": "positions below this use full attention (default: atten_length)"})
+    gqa_selection: str = field(default="query_head", metadata={
+        "help": "select chunks per 'query_head' (default) or per 'kv_head' (group scores summed)"})
+    include_self: bool = field(default=True, metadata={
+        "help": "a prefill query sees its own key (False = the official code's prefill quirk)"})
+    query_block: int | None = field(default=None, metadata={
+        "help": "prefill queries per block (default: chunk_size)"})
+    layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all)"})
+    trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
+
+    # ------------------------------------------------------------------ bind
+    def bind(self, model: ModelInfo) -> SitePlan:
+        cfg = model.text_config
+        trained = int(getattr(cfg, "max_position_embeddings", 0) or 0)
+        w = self.chunk_size
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ConfigError("longheads.chunk_size", f"expected a positive integer, got {w!r}", ">= 1")
+        atten = self.atten_length
+        if atten is None:
+            cap = min(DEFAULT_ATTEN_LENGTH, trained) if trained else DEFAULT_ATTEN_LENGTH
+            atten = (cap // w) * w
+        if isinstance(atten, bool) or not isinstance(atten, int) or atten < 3 * w or atten % w:
+            raise ConfigError("longheads.atten_length", f"{atten!r} must be a multiple of chunk_size={w} with at "
+                              "least 3 chunks (chunk 0, previous and current are always kept)",
+                              f"{3 * w}, {4 * w}, ... (multiples of {w})")
+        if trained and atten > trained:
+            raise ConfigError("longheads.atten_length", f"{atten} exceeds the model's trained length {trained}: "
+                              "re-indexed positions would leave the trained range", f"<= {trained}")
+        begin = atten if self.begin_selective is None else self.begin_selective
+        if isinstance(begin, bool) or not isinstance(begin, int) or begin < 0 or (trained and begin > trained):
+            raise ConfigError("longheads.begin_selective", f"{begin!r} must be an integer in [0, trained length]",
+                              f"0..{trained}" if trained else ">= 0")
+        if self.gqa_selection not in GQA_CHOICES:
+            raise ConfigError("longheads.gqa_selection", f"unknown value {self.gqa_selection!r}", GQA_CHOICES)
+        qb = w if self.query_block is None else self.query_block
+        if isinstance(qb, bool) or not isinstance(qb, int) or qb < 1:
+            raise ConfigError("longheads.query_block", f"expected a positive integer, got {qb!r}", ">= 1")
+        layers = list(range(model.num_layers)) if self.layers is None else list(self.layers)
+        if not layers:
+            raise ConfigError("longheads.layers", "empty layer list", f"0..{model.num_layers - 1}")
+        self._check_model(model, layers)
+        # Resolved values (bind must not touch the model; it may remember what it validated).
+        self._w, self._atten, self._K, self._begin, self._qb = w, atten, atten // w, begin, qb
+        # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
+        self._stock_until = max(begin, atten)
+        self._num_heads, self._num_kv, self._head_dim = model.num_heads, model.num_kv_heads, model.head_dim
+        self._rotary = rotary_embedding(model)
+        return {Site.LINEAR: frozenset(layers), Site.ATTENTION: frozenset(layers)}
+
+    @staticmethod
+    def _check_model(model: ModelInfo, layers: list[int]) -> None:
+        cfg = model.text_config
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        rope_type = rope.get("rope_type") if isinstance(rope, dict) else None
+        if rope_type != "default" or "mrope_section" in rope:
+            raise UnsupportedModelError(
+                f"longheads needs plain RoPE (rope_type 'default'), but {type(model.model).__name__} has "
+                f"rope_parameters={rope!r}. Scaled, per-layer-type or multimodal (M-RoPE) rotary embeddings are not "
+                "supported: the chunk re-indexing assumes one rotation per position.")
+        rot = getattr(model.text_model, "rotary_emb", None)
+        if rot is None or getattr(rot, "mrope_section", None) is not None:
+            raise UnsupportedModelError("longheads needs a text model with a plain `rotary_emb` module")
+        first = model.attentions[layers[0]]
+        for attr in ("q_norm", "k_norm"):
+            if getattr(first, attr, None) is not None:
+                raise UnsupportedModelError(
+                    f"longheads captures raw queries/keys at q_proj/k_proj, but this model applies `{attr}` "
+                    "between the projection and RoPE (Gemma3/Qwen3 style); not supported")
+        types = model.layer_types()
+        sliding = [i for i in layers if types[i] != "full_attention"]
+        if sliding:
+            raise UnsupportedModelError(
+                f"longheads needs every value in the cache, but layers {sliding} use sliding-window attention")
+
+    # ------------------------------------------------------------------ state
+    def linear_targets(self) -> list[str]:
+        return [Q_PROJ, K_PROJ]
+
+    def new_state(self, sample: SampleInfo) -> LongHeadsState:
+        regions = sample.regions
+        pad = regions == int(Region.PADDING)
+        n_pad = pad.sum(dim=1).tolist()
+        for b, n in enumerate(n_pad):
+            if n and not bool(pad[b, :n].all()):
+                raise NotImplementedError("longheads supports left padding only (padding slots must come first)")
+        state = LongHeadsState(n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None)
+        device = sample.input_ids.device
+        w, K = self._w, self._K
+        probe = torch.zeros(1, dtype=torch.float32, device=device)
+        pos = torch.arange(w, device=device)[None]
+        cos, sin = self._rotary(probe, pos)
+        state.rope_local = (cos[0].float(), sin[0].float())
+        cos, sin = self._rotary(probe, (torch.arange(K, device=device) * w)[None])
+        state.rope_disp = (cos[0].float(), sin[0].float())
+        return state
+
+    def linear_output(self, ctx: HookContext, state: LongHeadsState, target: str, inputs: torch.Tensor,
+                      output: torch.Tensor) -> None:
+        state.pending.setdefault(ctx.layer, {})[target] = output.detach()
+        return None
+
+    # ------------------------------------------------------------------ attention
+    def attention(self, call: AttnCall, state: LongHeadsState) -> torch.Tensor:
+        layer, fwd = call.layer, call.forward
+        pending = state.pending.pop(layer, None)
+        if pending is None or Q_PROJ not in pending or K_PROJ not in pending:
+            raise RuntimeError("longheads: the q_proj/k_proj outputs of this forward were not captured")
+        past, q_len = fwd.past_length, call.q_len
+        seen = state.slots_seen.get(layer, 0)
+        if past != seen:
+            raise NotImplementedError(f"longheads: the cache went from {seen} to {past} slots (cropped or "
+                                      "replayed cache: assisted decoding / beam search are not supported)")
+        state.slots_seen[layer] = past + q_len
+        if call.k_len != fwd.total_length:
+            raise NotImplementedError("longheads needs a dynamic cache holding every slot of the layer")
+        if past > 0:
+            new_pad = fwd.tracker.regions[:, past:past + q_len] == int(Region.PADDING)
+            if bool(new_pad.any()):
+                raise NotImplementedError("longheads: padding inside a cached forward is not supported")
+
+        B, H, D = call.batch_size, self._num_heads, self._head_dim
+        q_raw = pending[Q_PROJ].view(B, q_len, H, D)
+        k_raw = pending[K_PROJ].view(B, q_len, self._num_kv, D)
+        rows = state.rows.get(layer)
+        if rows is None:
+            rows = state.rows[layer] = [self._empty_row(call) for _ in range(B)]
+
+        # 1. Update every row's state (keys, query tail, summaries of chunks completed by this forward).
+        first_real, first_pos = [], []
+        for b in range(B):
+            i0 = max(0, state.n_pad[b] - past)  # first real query of this forward in row b
+            first_real.append(i0)
+            first_pos.append(rows[b].length)
+            self._append(call, state, rows[b], b, q_raw[b, i0:], k_raw[b, i0:])
+
+        # 2. Exact pass-through when no query needs selection.
+        last_pos = [first_pos[b] + (q_len - first_real[b]) - 1 for b in range(B)]
+        if max(last_pos) < self._stock_until:
+            return sdpa_attention_forward(call.module, call.query, call.key, call.value, call.attention_mask,
+                                          scaling=call.scaling, **call.kwargs)[0]
+
+        out = call.query.new_zeros(B, q_len, H, D)
+        for b in range(B):
+            i0 = first_real[b]
+            n_new = q_len - i0
+            if n_new <= 0:
+                continue
+            out[b, i0:] = self._row_attention(call, state, rows[b], b, q_raw[b, i0:], first_pos[b], n_new, i0)
+        return out
+
+    # ------------------------------------------------------------------ state updates
+    def _empty_row(self, call: AttnCall) -> _Row:
+        H, Hkv, D, dev, dt = self._num_heads, self._num_kv, self._head_dim, call.query.device, call.query.dtype
+        sdt = torch.promote_types(dt, torch.float32)
+        return _Row(k_loc=torch.empty(Hkv, 0, D, dtype=dt, device=dev),
+                    summ=torch.empty(H, 0, D, dtype=sdt, device=dev),
+                    q_tail=torch.empty(H, 0, D, dtype=dt, device=dev))
+
+    def _local(self, state: LongHeadsState, x: torch.Tensor, start: int) -> torch.Tensor:
+        """``R(j mod w)·x_j`` for x ``[S, heads, D]`` at positions start.., returned as ``[heads, S, D]``."""
+        idx = torch.arange(start, start + x.shape[0], device=x.device) % self._w
+        cos, sin = state.rope_local
+        xt = x.transpose(0, 1).to(torch.promote_types(x.dtype, torch.float32))  # rotate in fp32 (or wider)
+        out = apply_rope(xt, cos[idx].to(xt.dtype), sin[idx].to(xt.dtype))
+        return out.to(x.dtype).contiguous()
+
+    def _append(self, call: AttnCall, state: LongHeadsState, row: _Row, b: int, q_raw: torch.Tensor,
+                k_raw: torch.Tensor) -> None:
+        n = q_raw.shape[0]
+        if n == 0:
+            return
+        start, w = row.length, self._w
+        k_loc = self._local(state, k_raw, start)  # [Hkv, n, D]
+        q_loc = self._local(state, q_raw, start)  # [H, n, D]
+        need = start + n
+        if need > row.k_loc.shape[1]:
+            # Geometric growth keeps decoding appends amortised O(1); the prefill allocates what it needs + 4 chunks.
+            cap = max(need + 4 * w, row.k_loc.shape[1] * 2 if row.k_loc.shape[1] else 0)
+            grown = row.k_loc.new_empty(row.k_loc.shape[0], cap, row.k_loc.shape[2])
+            grown[:, :start] = row.k_loc[:, :start]
+            row.k_loc = grown
+        row.k_loc[:, start:need] = k_loc
+        row.length = need
+        tail = torch.cat([row.q_tail, q_loc], dim=1) if row.q_tail.shape[1] else q_loc
+        done = need // w - row.n_summ  # chunks completed by this forward
+        if done > 0:
+            c0 = row.n_summ
+            n_tok = done * w
+            value = call.value[b, :, state.n_pad[b] + c0 * w: state.n_pad[b] + c0 * w + n_tok]
+            summ = self._summaries(tail[:, :n_tok], row.k_loc[:, c0 * w: c0 * w + n_tok], value, call.scaling,
+                                   row.summ.dtype)  # [H, done, D]
+            if row.n_summ + done > row.summ.shape[1]:
+                cap = max(row.n_summ + done + 4, 2 * row.summ.shape[1])
+                grown = row.summ.new_empty(row.summ.shape[0], cap, row.summ.shape[2])
+                grown[:, :row.n_summ] = row.summ[:, :row.n_summ]
+                row.summ = grown
+            row.summ[:, row.n_summ:row.n_summ + done] = summ
+            row.n_summ += done
+            tail = tail[:, n_tok:]
+        # Copy the short remainder: a view would keep the whole prefill's query tensor alive.
+        row.q_tail = tail.clone() if done > 0 else tail
+
+    def _summaries(self, q_loc: torch.Tensor, k_loc: torch.Tensor, value: torch.Tensor, scaling: float,
+                   out_dtype: torch.dtype, batch_chunks: int = 64) -> torch.Tensor:
+        """Chunk representations c_c (methods-llm.md §1.3 a) of complete chunks, ``[H, G, D]``.
+
+        ``q_loc [H, G*w, D]``, ``k_loc``/``value`` ``[Hkv, G*w, D]``. Summaries are per query head (GQA choice A):
+        a query head uses the keys/values of its KV head.
+        """
+        H, n, D = q_loc.shape
+        Hkv, w = k_loc.shape[0], self._w
+        G, rep = n // w, H // Hkv
+        outs = []
+        for g0 in range(0, G, batch_chunks):
+            g1 = min(G, g0 + batch_chunks)
+            sl = slice(g0 * w, g1 * w)
+            q = q_loc[:, sl].reshape(H, g1 - g0, w, D).transpose(0, 1)  # [g, H, w, D]
+            k = k_loc[:, sl].reshape(Hkv, g1 - g0, w, D).transpose(0, 1)
+            v = value[:, sl].reshape(Hkv, g1 - g0, w, D).transpose(0, 1)
+            k = k.repeat_interleave(rep, dim=1) if rep > 1 else k
+            v = v.repeat_interleave(rep, dim=1) if rep > 1 else v
+            # Bidirectional in-chunk attention (official: FlashSelfAttention(causal=False)); 4-D SDPA.
+            o = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=scaling)
+            s = o.to(out_dtype).mean(dim=2, keepdim=True)  # summary query s_c [g, H, 1, D]
+            kf = k.to(out_dtype)
+            c = F.scaled_dot_product_attention(s, kf, kf, scale=scaling)  # attention-weighted keys
+            outs.append(c[:, :, 0])
+        return torch.cat(outs, dim=0).transpose(0, 1)  # [H, G, D]
+
+    # ------------------------------------------------------------------ attention of one row
+    def _row_attention(self, call: AttnCall, state: LongHeadsState, row: _Row, b: int, q_raw: torch.Tensor,
+                       first_pos: int, n_new: int, i0: int) -> torch.Tensor:
+        """Output ``[n_new, H, D]`` for the real queries of row b (positions first_pos .. first_pos+n_new-1)."""
+        H, D, w = self._num_heads, self._head_dim, self._w
+        out = call.query.new_empty(n_new, H, D)
+        n_pad = state.n_pad[b]
+        positions_end = first_pos + n_new
+        n_stock = max(0, min(positions_end, self._stock_until) - first_pos)
+        if n_stock:
+            out[:n_stock] = self._stock_rows(call, b, i0, n_pad, first_pos, n_stock)
+        exclude_self = (not self.include_self) and call.forward.is_prefill
+        value_flat = call.value[b].reshape(-1, D)  # [Hkv * total, D]
+        total = call.value.shape[2]
+        p = first_pos + n_stock
+        while p < positions_end:
+            c = p // w
+            p_end = min(positions_end, (c + 1) * w, p + self._qb)
+            sl = slice(p - first_pos, p_end - first_pos)
+            qr = q_raw[sl].transpose(0, 1)  # [H, Qb, D]
+            ql = self._local(state, q_raw[sl], p)  # [H, Qb, D]
+            offs = torch.arange(p, p_end, device=qr.device) - c * w
+            out[sl] = self._selective_block(state, row, qr, ql, c, offs, value_flat, total, n_pad,
+                                            call.scaling, exclude_self, b, call.layer, p)
+            p = p_end
+        return out
+
+    def _stock_rows(self, call: AttnCall, b: int, i0: int, n_pad: int, first_pos: int, n: int) -> torch.Tensor:
+        """Ordinary causal attention (true positions, the model's rotated q/k) for n queries from first_pos."""
+        q = call.query[b:b + 1, :, i0:i0 + n]
+        k_end = n_pad + first_pos + n
+        k = call.key[b:b + 1, :, n_pad:k_end]
+        v = call.value[b:b + 1, :, n_pad:k_end]
+        kwargs = {k_: v_ for k_, v_ in call.kwargs.items() if k_ not in ("position_ids",)}
+        if n == 1 or first_pos == 0:
+            mask = None  # decode: every key; prefill from 0: q_len == k_len -> sdpa's causal path
+        else:  # several queries after a cached prefix: lower-right aligned causal mask
+            qpos = torch.arange(first_pos, first_pos + n, device=q.device)[:, None]
+            mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
+        return sdpa_attention_forward(call.module, q, k, v, mask, scaling=call.scaling, **kwargs)[0][0]
+
+    def _select(self, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
+        """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups)."""
+        K = self._K
+        cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
+        scores = torch.matmul(q_raw.to(cand.dtype), cand.transpose(1, 2))  # [H, Qb, c-2], raw query, no scale
+        if self.gqa_selection == "kv_head":
+            scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
+        return torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
+
+    def _selective_block(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, q_loc: torch.Tensor, c: int,
+                         offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
+                         exclude_self: bool, b: int, layer: int, p0: int) -> torch.Tensor:
+        """Exact per-query LongHeads attention for queries of chunk c (c ≥ K). Returns ``[Qb, H, D]``."""
+        top = self._select(row, q_raw, c)  # [G, Qb, K-3]
+        if state.trace is not None:
+            G, Qb = top.shape[:2]
+            full = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1),
+                              top.new_full((G, Qb, 1), c)], dim=-1)
+            state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)), "chunks": full})
+        return self._attend_split(state, row, q_loc, top, c, offs, value_flat, total, n_pad, scaling, exclude_self)
+
+    def _pairs(self, top: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """De-duplicate the scored (chunk, displacement) pairs of a block, per selection group.
+
+        Returns ``chunk [G, U]``, ``disp [G, U]``, ``valid [G, U]`` and ``used [G, Qb, U]`` (query uses pair).
+        Displacement of the j-th scored chunk (sorted) is K−2−j: the number of selected chunks after it.
+        """
+        G, Qb, J = top.shape
+        K, dev = self._K, top.device
+        if J == 0:
+            z = torch.zeros(G, 0, dtype=torch.long, device=dev)
+            return z, z, z.bool(), torch.zeros(G, Qb, 0, dtype=torch.bool, device=dev)
+        disp = (K - 2) - torch.arange(J, device=dev)
+        span = (c + 1) * K
+        codes = top * K + disp + torch.arange(G, device=dev)[:, None, None] * span
+        uniq, inv = torch.unique(codes.reshape(-1), return_inverse=True)
+        grp = torch.div(uniq, span, rounding_mode="floor")
+        counts = torch.bincount(grp, minlength=G)
+        offsets = torch.cumsum(counts, 0) - counts
+        U = int(counts.max())
+        local = torch.arange(uniq.numel(), device=dev) - offsets[grp]
+        rem = uniq - grp * span
+        chunk = torch.zeros(G, U, dtype=torch.long, device=dev)
+        dsp = torch.zeros(G, U, dtype=torch.long, device=dev)
+        valid = torch.zeros(G, U, dtype=torch.bool, device=dev)
+        chunk[grp, local] = torch.div(rem, K, rounding_mode="floor")
+        dsp[grp, local] = rem % K
+        valid[grp, local] = True
+        used = torch.zeros(G, Qb, U, dtype=torch.bool, device=dev)
+        used.scatter_(2, local[inv].view(G, Qb, J), True)
+        return chunk, dsp, valid, used
+
+    def _attend_split(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, top: torch.Tensor, c: int,
+                      offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
+                      exclude_self: bool) -> torch.Tensor:
+        pairs = self._pairs(top, c)
+        U, Qb, K = pairs[0].shape[1], top.shape[1], self._K
+        if Qb >= _MIN_SPLIT_QUERIES and 3 + U > _SPLIT_FACTOR * K:
+            h = Qb // 2
+            left, right = self._pairs(top[:, :h], c), self._pairs(top[:, h:], c)
+            # Work of the fused kernel ~ queries x pairs; split only when the halves are clearly cheaper.
+            if h * (3 + left[0].shape[1]) + (Qb - h) * (3 + right[0].shape[1]) < 0.8 * Qb * (3 + U):
+                state.stats["splits"] += 1
+                a = self._attend_split(state, row, q_loc[:, :h], top[:, :h], c, offs[:h], value_flat, total, n_pad,
+                                       scaling, exclude_self)
+                z = self._attend_split(state, row, q_loc[:, h:], top[:, h:], c, offs[h:], value_flat, total, n_pad,
+                                       scaling, exclude_self)
+                return torch.cat([a, z], dim=0)
+        return self._attend(state, row, q_loc, pairs, c, offs, value_flat, total, n_pad, scaling, exclude_self)
+
+    def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor,
+                pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], c: int, offs: torch.Tensor,
+                value_flat: torch.Tensor, total: int, n_pad: int, scaling: float, exclude_self: bool) -> torch.Tensor:
+        """One fused SDPA call for a block: every query against the block's pairs, masked to its own selection."""
+        chunk_mid, disp_mid, valid_mid, used = pairs
+        H, Qb, D = q_loc.shape
+        K, w, dev = self._K, self._w, q_loc.device
+        G, U = chunk_mid.shape[0], chunk_mid.shape[1]
+        rep = H // G  # query heads per selection group (1 for per-query-head selection)
+        Hkv = self._num_kv
+        T = U + 3
+        # Pair layout per group: [chunk 0 (d=K-1), scored pairs..., chunk c-1 (d=1), chunk c (d=0)].
+        chunk = torch.cat([chunk_mid.new_zeros(G, 1), chunk_mid, chunk_mid.new_full((G, 1), c - 1),
+                           chunk_mid.new_full((G, 1), c)], dim=1)
+        disp = torch.cat([disp_mid.new_full((G, 1), K - 1), disp_mid, disp_mid.new_full((G, 1), 1),
+                          disp_mid.new_zeros(G, 1)], dim=1)
+        # KV head of each group: query head g reads KV head g // (H / Hkv); per-KV-head groups are KV heads.
+        kv_of_group = torch.arange(G, device=dev) // (G // Hkv)
+        pos = chunk[:, :, None] * w + torch.arange(w, device=dev)  # [G, T, w] token positions
+        pos = pos.clamp_max(row.length - 1)  # future slots of the current chunk: masked below
+        cap = row.k_loc.shape[1]
+        k_idx = (kv_of_group[:, None, None] * cap + pos).reshape(-1)
+        keys = row.k_loc.reshape(-1, D).index_select(0, k_idx).view(G, T, w, D)
+        v_idx = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
+        vals = value_flat.index_select(0, v_idx).view(G, 1, T * w, D)
+        # Relative trick: key of a chunk d ranks before the query's chunk scores as q_loc · R(-d*w) k_loc.
+        cos, sin = state.rope_disp
+        cd = cos[disp][:, :, None].to(keys.dtype)
+        sd = sin[disp][:, :, None].to(keys.dtype)
+        keys = (keys * cd - rotate_half(keys) * sd).view(G, 1, T * w, D)
+        # Additive mask [G, 1, Qb, T*w]: pairs a query did not select, padding pairs, and the causal part of the
+        # current chunk (keys after the query; also the query itself with include_self=False at prefill).
+        dt = q_loc.dtype
+        neg = torch.finfo(dt).min
+        pair_ok = torch.ones(G, Qb, T - 1, dtype=torch.bool, device=dev)
+        if U:
+            pair_ok[:, :, 1:1 + U] = used & valid_mid[:, None, :]
+        pair_bias = torch.zeros(G, Qb, T - 1, 1, dtype=dt, device=dev).masked_fill(~pair_ok[..., None], neg)
+        kpos = torch.arange(w, device=dev)[None, :]
+        causal = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])
+        causal_bias = torch.zeros(Qb, w, dtype=dt, device=dev).masked_fill(~causal, neg)
+        mask = torch.cat([pair_bias.expand(G, Qb, T - 1, w), causal_bias[None, :, None, :].expand(G, Qb, 1, w)],
+                         dim=2).view(G, 1, Qb, T * w)
+        q = q_loc.view(G, rep, Qb, D)
+        if rep > 1:
+            keys, vals = keys.expand(G, rep, T * w, D), vals.expand(G, rep, T * w, D)
+        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=scaling)  # [G, rep, Qb, D]
+        st = state.stats
+        st["blocks"] += 1
+        st["queries"] += Qb
+        st["pairs_sum"] += T
+        st["pairs_max"] = max(st["pairs_max"], T)
+        st["pair_hist"][T] = st["pair_hist"].get(T, 0) + 1
+        return o.reshape(H, Qb, D).transpose(0, 1)

@@ -1,0 +1,350 @@
+"""LongHeads: exactness below B, equality with a per-token reference, crossing B, batches, errors.
+
+The reference below (``RefLongHeads``) is written independently of ``hookkit.methods.longheads``: it caches the
+raw q/k/v of every token, recomputes every chunk summary from scratch for every query, loops over queries one at
+a time, and applies RoPE explicitly at the re-indexed positions 0..n-1 (methods-llm.md §1.4). Tiny models use a
+small ``chunk_size`` and ``atten_length`` so that selection really happens at short lengths; they run in float64
+so that near-ties cannot flip a top-k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from conftest import load_tiny
+
+import hookkit
+from hookkit.core.intervention import Intervention
+from hookkit.core.regions import Region
+from hookkit.core.sites import Site
+from hookkit.errors import ConfigError, UnsupportedModelError
+from hookkit.methods import longheads as lh_mod
+from hookkit.methods.longheads import LongHeads
+
+W, ATT = 4, 24
+# fp64 models, but RoPE tables are fp32 in transformers (and in LongHeads): the reference uses fp64 angles.
+TOL = 1e-5  # chunk size 4, K = 6 chunks per head: 3 chosen by score
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def tiny(name: str = "tiny-llama", dtype: str = "float64"):
+    """A private copy of a tiny model in float64 (the shared fp32 copies stay untouched)."""
+    key = (name, dtype)
+    if key not in _MODELS:
+        model, tok = hookkit.load(name, dtype="float32")
+        if dtype == "float64":
+            model = model.double()
+        _MODELS[key] = (model, tok, hookkit.get_model_info(model))
+    return _MODELS[key]
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Explicit RoPE of x [n, D] at positions pos [n] (HF rotate-half convention)."""
+    ang = pos.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None]
+    cos, sin = torch.cat([ang, ang], -1).cos().to(x.dtype), torch.cat([ang, ang], -1).sin().to(x.dtype)
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+@dataclass(eq=False)
+class RefLongHeads(Intervention):
+    """Per-token LongHeads, straight from the pseudo-code (not registered)."""
+
+    name = "ref_longheads"
+    chunk_size: int = W
+    atten_length: int = ATT
+    begin_selective: int = ATT
+    gqa_selection: str = "query_head"
+    include_self: bool = True
+
+    def bind(self, model):
+        self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
+        self.inv_freq = model.text_model.rotary_emb.inv_freq
+        layers = frozenset(range(model.num_layers))
+        return {Site.LINEAR: layers, Site.ATTENTION: layers}
+
+    def linear_targets(self):
+        return ["self_attn.q_proj", "self_attn.k_proj"]
+
+    def new_state(self, sample):
+        n_pad = (sample.regions == int(Region.PADDING)).sum(1).tolist()
+        self._memo = {}
+        return {"pending": {}, "cache": {}, "n_pad": n_pad, "trace": []}
+
+    def linear_output(self, ctx, state, target, inputs, output):
+        state["pending"].setdefault(ctx.layer, {})[target] = output
+
+    def summary(self, q, k, v, c, h, scale):
+        """c_c for query head h from raw q [L,H,D], k/v [L,Hkv,D] (methods-llm.md §1.3 a)."""
+        w = self.chunk_size
+        sl = slice(c * w, (c + 1) * w)
+        loc = torch.arange(w)
+        g = h // (self.H // self.Hkv)
+        qt, kt, vt = rope(q[sl, h], loc, self.inv_freq), rope(k[sl, g], loc, self.inv_freq), v[sl, g]
+        o = torch.softmax(qt @ kt.T * scale, -1) @ vt
+        s = o.mean(0)
+        return torch.softmax(kt @ s * scale, 0) @ kt
+
+    def attention(self, call, state):
+        B, Q = call.query.shape[0], call.q_len
+        past, w, K = call.forward.past_length, self.chunk_size, self.atten_length // self.chunk_size
+        pend = state["pending"].pop(call.layer)
+        q_all = pend["self_attn.q_proj"].view(B, Q, self.H, self.D)
+        k_all = pend["self_attn.k_proj"].view(B, Q, self.Hkv, self.D)
+        out = torch.zeros(B, Q, self.H, self.D, dtype=call.query.dtype)
+        rep = self.H // self.Hkv
+        for b in range(B):
+            n_pad = state["n_pad"][b]
+            cache = state["cache"].setdefault((call.layer, b), {"q": [], "k": [], "v": []})
+            for i in range(Q):
+                if past + i < n_pad:
+                    continue
+                cache["q"].append(q_all[b, i])
+                cache["k"].append(k_all[b, i])
+                cache["v"].append(call.value[b, :, past + i])
+                q, k, v = (torch.stack(cache[x]) for x in ("q", "k", "v"))
+                t = q.shape[0] - 1
+                for h in range(self.H):
+                    g = h // rep
+                    if t < max(self.begin_selective, self.atten_length):
+                        keys = rope(k[:, g], torch.arange(t + 1), self.inv_freq)
+                        qq = rope(q[t, h][None], torch.tensor([t]), self.inv_freq)[0]
+                        vals = v[:, g]
+                    else:
+                        c = t // w
+                        self._where = (call.layer, b)
+                        sel = self.select(q, k, v, t, h, call.scaling)
+                        state["trace"].append((call.layer, b, t, h, sel))
+                        idx = []
+                        for s in sel:
+                            end = (s + 1) * w if s < c else (t + 1 if (self.include_self or past > 0) else t)
+                            idx.extend(range(s * w, end))
+                        idx = torch.tensor(idx)
+                        keys = rope(k[idx, g], torch.arange(len(idx)), self.inv_freq)
+                        qpos = (K - 1) * w + (t - c * w)  # own slot in the last chunk (one past the keys if
+                        qq = rope(q[t, h][None], torch.tensor([qpos]), self.inv_freq)[0]  # self is excluded)
+                        vals = v[idx, g]
+                    p = torch.softmax(keys @ qq * call.scaling, 0)
+                    out[b, i, h] = p @ vals
+        return out
+
+    def select(self, q, k, v, t, h, scale):
+        w, K = self.chunk_size, self.atten_length // self.chunk_size
+        c = t // w
+        heads = [h] if self.gqa_selection == "query_head" else \
+            list(range((h // (self.H // self.Hkv)) * (self.H // self.Hkv), (h // (self.H // self.Hkv) + 1) * (self.H // self.Hkv)))
+        memo = self._memo  # a complete chunk's summary never changes: memoise per (layer, row, chunk, head)
+        scores = []
+        for cand in range(1, c - 1):
+            total = 0.0
+            for hh in heads:
+                key = (*self._where, cand, hh)
+                if key not in memo:
+                    memo[key] = self.summary(q, k, v, cand, hh, scale)
+                total += float(q[t, hh] @ memo[key])
+            scores.append(total)
+        top = (torch.topk(torch.tensor(scores), K - 3).indices + 1).tolist() if K > 3 else []
+        return sorted({0, c - 1, c, *top})
+
+
+def gen(model, ids, mask=None, new=6, **kw):
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids) if mask is None else mask,
+                              max_new_tokens=new, min_new_tokens=new, do_sample=False, output_logits=True,
+                              return_dict_in_generate=True, pad_token_id=0, **kw)
+
+
+def prompt(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 400, (1, n), generator=g)
+
+
+def run(model, iv, ids, mask=None, new=6):
+    with hookkit.attach(model, iv) as session:
+        out = gen(model, ids, mask, new)
+        state = session.states[iv]
+    return out, state
+
+
+def max_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+
+
+def trace_map(state) -> dict[tuple[int, int, int, int], list[int]]:
+    """LongHeads trace → {(layer, row, position, head): chunks}."""
+    out = {}
+    for e in state.trace:
+        chunks = e["chunks"]  # [G, Qb, K]
+        G = chunks.shape[0]
+        for qi, t in enumerate(e["positions"]):
+            for g in range(G):
+                out[(e["layer"], e["row"], t, g)] = chunks[g, qi].tolist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- identities
+def test_relative_rope_identity_matches_explicit_reindexing() -> None:
+    """(R(d·w) R(a) q) · (R(b) k) == (R(ρq·w + a) q) · (R(ρk·w + b) k) with d = ρq − ρk (module docs)."""
+    torch.manual_seed(0)
+    D, w = 16, 8
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    q, k = torch.randn(D, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    for rq, rk, a, b in [(5, 2, 3, 7), (3, 3, 6, 1), (15, 0, 0, 0), (7, 6, 7, 7)]:
+        explicit = rope(q[None], torch.tensor([rq * w + a]), inv)[0] @ rope(k[None], torch.tensor([rk * w + b]), inv)[0]
+        q_loc, k_loc = rope(q[None], torch.tensor([a]), inv)[0], rope(k[None], torch.tensor([b]), inv)[0]
+        relative = rope(q_loc[None], torch.tensor([(rq - rk) * w]), inv)[0] @ k_loc
+        # The implementation rotates the key by -d·w instead of the query by +d·w: the same number.
+        key_side = q_loc @ rope(k_loc[None], torch.tensor([-(rq - rk) * w]), inv)[0]
+        assert abs(explicit - relative) < 1e-12 and abs(explicit - key_side) < 1e-12
+        wrong = rope(q_loc[None], torch.tensor([(rq - rk + 1) * w]), inv)[0] @ k_loc
+        assert abs(explicit - wrong) > 1e-6  # the identity is not vacuous
+
+
+# ---------------------------------------------------------------------------------------------- below B
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_below_begin_selective_is_bit_identical_to_stock(name: str) -> None:
+    model, _, _ = load_tiny(name)
+    ids = prompt(30, seed=1)
+    stock = gen(model, ids, new=5)
+    iv = LongHeads(chunk_size=4, atten_length=16, begin_selective=40)
+    out, state = run(model, iv, ids, new=5)
+    assert torch.equal(stock.sequences, out.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(stock.logits, out.logits))  # prefill and every decode step
+    assert state.rows[0][0].n_summ == (30 + 4) // 4  # summaries were maintained below B (34 slots seen, last
+    # token not yet in the cache: 30 prompt + 4 decoded -> 34 keys -> 8 complete chunks)
+
+
+def test_selection_changes_the_output_above_b() -> None:
+    model, _, _ = tiny()
+    ids = prompt(60, seed=2)
+    stock = gen(model, ids, new=3)
+    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=3)
+    assert max_diff(stock, out) > 1e-3  # not silently stock
+    assert state.stats["blocks"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("gqa,include_self", [("query_head", True), ("kv_head", True), ("query_head", False)])
+def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool) -> None:
+    model, _, info = tiny()
+    ids = prompt(63, seed=3)  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self)
+    ref_out, ref_state = run(model, RefLongHeads(**kw), ids, new=8)
+    out, state = run(model, LongHeads(**kw, trace=True), ids, new=8)
+    assert torch.equal(ref_out.sequences, out.sequences)
+    assert max_diff(ref_out, out) < TOL
+    # Chunk selection, for every (layer, position, head) at prefill and at decode.
+    got = trace_map(state)
+    rep = info.num_heads // info.num_kv_heads
+    checked = 0
+    for layer, b, t, h, sel in ref_state["trace"]:
+        g = h if gqa == "query_head" else h // rep
+        assert got[(layer, b, t, g)] == sel, (layer, t, h)
+        checked += 1
+    n_sel = (63 + 7 - 1) - ATT + 1  # selective positions 24 .. 69 (the 8th new token is never fed back)
+    assert checked == info.num_layers * info.num_heads * n_sel
+    assert state.stats["blocks"] > 0
+
+
+def test_vectorised_prefill_matches_reference_with_small_and_split_blocks(monkeypatch) -> None:
+    """Bigger chunks (w=8) so a block holds many queries; blocks of 3 queries; and forced block splitting."""
+    model, _, _ = tiny()
+    ids = prompt(110, seed=4)
+    kw = dict(chunk_size=8, atten_length=48, begin_selective=48)
+    ref_out, _ = run(model, RefLongHeads(**kw), ids, new=2)
+    out_a, st_a = run(model, LongHeads(**kw), ids, new=2)
+    out_b, _ = run(model, LongHeads(**kw, query_block=3), ids, new=2)
+    monkeypatch.setattr(lh_mod, "_SPLIT_FACTOR", 0.0)
+    monkeypatch.setattr(lh_mod, "_MIN_SPLIT_QUERIES", 2)
+    out_c, st_c = run(model, LongHeads(**kw), ids, new=2)
+    for out in (out_a, out_b, out_c):
+        assert max_diff(ref_out, out) < TOL
+    assert st_c.stats["splits"] > 0 and st_c.stats["blocks"] > st_a.stats["blocks"]
+
+
+def test_crossing_begin_selective_during_generate() -> None:
+    """Prompt of 10 tokens (2 complete chunks, below B = 24), 30 new tokens: the official code raises here."""
+    model, _, _ = tiny()
+    ids = prompt(10, seed=5)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT)
+    ref_out, _ = run(model, RefLongHeads(**kw), ids, new=30)
+    out, state = run(model, LongHeads(**kw), ids, new=30)
+    assert out.sequences.shape[1] == 40
+    assert torch.equal(ref_out.sequences, out.sequences)
+    assert max_diff(ref_out, out) < TOL
+    assert state.rows[0][0].n_summ == 39 // W and state.stats["blocks"] > 0
+
+
+def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
+    model, tok, _ = tiny()
+    kw = dict(chunk_size=W, atten_length=ATT)
+    a, b = prompt(57, seed=6), prompt(45, seed=7)
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 12, dtype=torch.long), b], 1)])
+    mask = torch.cat([torch.ones(1, 57), torch.cat([torch.zeros(1, 12), torch.ones(1, 45)], 1)]).long()
+    both, state = run(model, LongHeads(**kw), ids, mask, new=6)
+    assert state.n_pad == [0, 12]
+    for row, single_ids in enumerate((a, b)):
+        single, _ = run(model, LongHeads(**kw), single_ids, new=6)
+        assert torch.equal(both.sequences[row, -6:], single.sequences[0, -6:])
+        assert max((x[row] - y[0]).abs().max().item() for x, y in zip(both.logits, single.logits)) < TOL
+
+
+def test_fp32_and_qwen2_biases_match_reference() -> None:
+    model, _, _ = tiny("tiny-qwen2", "float32")
+    ids = prompt(50, seed=8)
+    kw = dict(chunk_size=W, atten_length=ATT)
+    ref_out, _ = run(model, RefLongHeads(**kw), ids, new=4)
+    out, _ = run(model, LongHeads(**kw), ids, new=4)
+    assert max_diff(ref_out, out) < 2e-4
+
+
+def test_block_memory_does_not_grow_with_context() -> None:
+    """Pairs per block are bounded by the selection, not by the context: linear memory overall."""
+    model, _, _ = tiny()
+    maxima = []
+    for n in (80, 240):
+        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), prompt(n, seed=9), new=1)
+        maxima.append(state.stats["pairs_max"])
+        K = ATT // W
+        assert state.stats["pairs_max"] <= 3 + W * (K - 3)  # at most every query's own scored chunks
+    assert state.rows[0][0].k_loc.shape[1] < 2 * 241 + 4 * W  # per-token state, linear
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_parameter_errors_name_the_field() -> None:
+    model, _, _ = load_tiny("tiny-llama")
+    for kwargs, field in [(dict(chunk_size=0), "chunk_size"), (dict(chunk_size=4, atten_length=10), "atten_length"),
+                          (dict(chunk_size=4, atten_length=8), "atten_length"),
+                          (dict(chunk_size=256, atten_length=4096), "atten_length"),  # > 1024 trained positions
+                          (dict(chunk_size=4, atten_length=16, begin_selective=-1), "begin_selective"),
+                          (dict(gqa_selection="per_head"), "gqa_selection"), (dict(query_block=0), "query_block")]:
+        with pytest.raises(ConfigError, match=rf"longheads\.{field}"):
+            hookkit.attach(model, LongHeads(**kwargs))
+
+
+def test_default_atten_length_follows_the_trained_length() -> None:
+    model, _, _ = load_tiny("tiny-llama")
+    iv = LongHeads()
+    with hookkit.attach(model, iv):
+        assert (iv._atten, iv._begin, iv._K) == (1024, 1024, 4)  # min(4096, 1024 trained positions)
+
+
+@pytest.mark.parametrize("name", ["tiny-mistral", "tiny-gemma3", "tiny-qwen2-vl"])
+def test_unsupported_models_are_refused(name: str) -> None:
+    model, _, _ = load_tiny(name)
+    with pytest.raises(UnsupportedModelError):
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+
+
+def test_registered_and_listed() -> None:
+    from hookkit.methods.registry import get_method, method_parameters
+
+    assert get_method("longheads") is LongHeads
+    names = [p["name"] for p in method_parameters(LongHeads)]
+    assert names[:7] == ["chunk_size", "atten_length", "begin_selective", "gqa_selection", "include_self",
+                         "query_block", "layers"]
+    assert dataclasses.is_dataclass(LongHeads)
