@@ -10,7 +10,8 @@ import torch
 import hookkit
 from hookkit.models.tiny import TINY_MODELS
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tiny models gain nothing from more, and OpenMP threads collapse when the cores are shared.
+torch.set_num_threads(1)
 
 ALL_TINY = list(TINY_MODELS)
 VLM_TINY = [n for n, s in TINY_MODELS.items() if s.family not in ("llama", "qwen2", "mistral")]

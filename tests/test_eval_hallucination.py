@@ -110,8 +110,9 @@ def coco(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def _pope_args(coco: SimpleNamespace, out: Path, *extra: str, files: list[str] | None = None) -> list[str]:
     data = files if files is not None else [str(coco.pope[s]) for s in SPLITS]
+    # 4 new tokens instead of the default 10 keeps the file fast on a shared CPU; the default is checked separately
     return ["eval", "pope", "--model", "tiny-llava", "--data", *data, "--images", str(coco.images),
-            "--output-path", str(out), "--no-progress", *extra]
+            "--output-path", str(out), "--no-progress", "--max-new-tokens", "4", *extra]
 
 
 def _samples(out: Path, task: str = "pope") -> list[dict[str, Any]]:
@@ -204,7 +205,7 @@ def test_pope_baseline_results_json(coco: SimpleNamespace, baseline: SimpleNames
     cfg = results["configs"]["pope"]
     assert cfg["parser"] == "pope_official" and cfg["prompt_preset"] == "llava15"
     assert cfg["splits"] == list(SPLITS) and cfg["unknown_policy"] == "as_no"
-    assert cfg["generation_kwargs"] == {"max_new_tokens": 10, "do_sample": False}
+    assert cfg["generation_kwargs"] == {"max_new_tokens": 4, "do_sample": False}
     assert cfg["prompt_template"] == "{question}\nAnswer the question using a single word or phrase."
     assert len(cfg["prompt_template_sha256"]) == 64 and len(cfg["chat_template_sha256"]) == 64
     assert results["higher_is_better"]["pope"]["f1"] is True and "yes_ratio" not in results["higher_is_better"]["pope"]
@@ -238,7 +239,7 @@ def test_pope_samples_are_exact_generations(coco: SimpleNamespace, baseline: Sim
     model, processor = hookkit.load("tiny-llava", dtype="float32")
     for s in samples[:5]:
         image = Image.open(coco.images / s["image"]).convert("RGB")
-        out = generate(model, processor, [s["prompt"]], [image], max_new_tokens=10)
+        out = generate(model, processor, [s["prompt"]], [image], max_new_tokens=4)
         assert out.texts[0] == s["answer_raw"]
 
 
@@ -254,12 +255,53 @@ def test_pope_rescore_with_other_parser(baseline: SimpleNamespace) -> None:
     assert same["f1"] == pytest.approx(baseline.results["results"]["pope"]["f1,none"])
 
 
+def test_pope_aggregate_hand_computed(coco: SimpleNamespace) -> None:
+    task = PopeTask({"a": coco.pope["random"], "b": coco.pope["popular"]}, coco.images)
+
+    def recs(split: str, labels: str, preds: list[str]) -> list[dict[str, Any]]:
+        return [{"split": split, "label": {"y": "yes", "n": "no"}[lab], "pred": p} for lab, p in zip(labels, preds)]
+
+    records = recs("a", "yynn", ["yes", "no", "yes", "no"]) + recs("b", "ynyn", ["yes", "no", "unknown", "no"])
+    out = task.aggregate(records)
+    # a: TP 1, FN 1, FP 1, TN 1.  b (unknown scored as no): TP 1, TN 2, FN 1 (the unknown), FP 0.
+    assert out["a/confusion"] == {"TP": 1, "FP": 1, "TN": 1, "FN": 1, "unknown": 0, "unknown_label_yes": 0,
+                                  "unknown_label_no": 0, "n": 4}
+    assert out["b/confusion"] == {"TP": 1, "FP": 0, "TN": 2, "FN": 1, "unknown": 1, "unknown_label_yes": 1,
+                                  "unknown_label_no": 0, "n": 4}
+    assert (out["a/accuracy"], out["a/precision"], out["a/recall"], out["a/f1"]) == (0.5, 0.5, 0.5, 0.5)
+    assert (out["b/accuracy"], out["b/precision"], out["b/recall"]) == (0.75, 1.0, 0.5)
+    assert out["b/f1"] == pytest.approx(2 / 3) and out["b/yes_ratio"] == 0.25 and out["b/unknown_rate"] == 0.25
+    assert out["f1"] == pytest.approx((0.5 + 2 / 3) / 2) and out["yes_ratio"] == pytest.approx((0.5 + 0.25) / 2)
+    assert out["confusion"]["TN"] == 3 and out["confusion"]["n"] == 8
+    # lmms-eval policy: the unknown leaves precision/recall counts and is wrong in accuracy
+    lmms = PopeTask({"b": coco.pope["popular"]}, coco.images, unknown_policy="lmms_eval").aggregate(records[4:])
+    assert (lmms["b/accuracy"], lmms["b/recall"], lmms["b/confusion"]["FN"]) == (0.75, 1.0, 0)
+
+
+def _record_attached_methods(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Patch PopeTask.predict to log, per batch, the methods attached to the model while it generates."""
+    from hookkit.core.session import SESSION_ATTR
+
+    seen: list[list[str]] = []
+    original = PopeTask.predict
+
+    def predict(self: PopeTask, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        session = getattr(self.model, SESSION_ATTR, None)
+        seen.append([iv.name for iv in session.interventions] if session is not None else [])
+        return original(self, batch)
+
+    monkeypatch.setattr(PopeTask, "predict", predict)
+    return seen
+
+
 def test_pope_task_alias_and_noop_recipe_match_baseline(coco: SimpleNamespace, baseline: SimpleNamespace,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attached = _record_attached_methods(monkeypatch)
     recipe_path = Recipe.single("noop").save(tmp_path / "noop.json")
     out = tmp_path / "noop"
     args = _pope_args(coco, out, "--batch-size", "4", "--limit", "12", "--recipe", str(recipe_path))
     assert main(["eval", "--task", *args[1:]]) == 0  # `hookkit eval --task pope ...` spelling
+    assert attached == [["noop"]] * 3  # 12 samples in batches of 4, each generated with the recipe attached
     results = validate_results_file(out / "results_pope.json")
     recipe = Recipe.load(recipe_path)
     assert results["intervention"]["recipe"] == recipe.to_dict()
@@ -273,11 +315,14 @@ def test_pope_task_alias_and_noop_recipe_match_baseline(coco: SimpleNamespace, b
     assert all(s["answer_raw"] == base[s["sample_id"]] for s in noop)  # noop is neutral
 
 
-def test_pope_vhr_recipe_end_to_end(coco: SimpleNamespace, baseline: SimpleNamespace, tmp_path: Path) -> None:
+def test_pope_vhr_recipe_end_to_end(coco: SimpleNamespace, baseline: SimpleNamespace, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """VHR (the lead's method) through the same CLI; fails, rather than skips, while VHR is unavailable."""
     hookkit.methods.get_method("vhr")
+    attached = _record_attached_methods(monkeypatch)
     out = tmp_path / "vhr"
     assert main(_pope_args(coco, out, "--batch-size", "4", "--limit", "12", "--method", "vhr")) == 0
+    assert attached == [["vhr"]] * 3
     results = validate_results_file(out / "results_pope.json")
     assert results["intervention"]["recipe"]["methods"][0]["method"] == "vhr"
     assert results["intervention"]["recipe_hash"] == Recipe.single("vhr").hash()
@@ -366,7 +411,7 @@ def test_pope_bad_lines_and_images_are_isolated(coco: SimpleNamespace, baseline:
 
     out = tmp_path / "errors"
     args = ["eval", "pope", "--model", "tiny-llava", "--data", f"random={bad_file}", "--images", str(images),
-            "--output-path", str(out), "--batch-size", "4", "--no-progress"]
+            "--output-path", str(out), "--batch-size", "4", "--no-progress", "--max-new-tokens", "4"]
     assert main(args) == 0
     results = validate_results_file(out / "results_pope.json")
     entry = results["results"]["pope"]
@@ -395,8 +440,14 @@ def test_pope_bad_lines_and_images_are_isolated(coco: SimpleNamespace, baseline:
     assert entry["random/confusion,none"]["n"] == 34
 
 
-def test_pope_input_errors_name_the_problem(coco: SimpleNamespace, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_pope_input_errors_name_the_problem(coco: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import hookkit.cli.eval_hallucination as cli
+
+    def no_model(args: Any) -> Any:
+        raise AssertionError("bad input must be reported before the model is loaded")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
     out = tmp_path / "x"
     assert main(_pope_args(coco, out, files=[str(tmp_path / "nope_random.json")])) == 2
     assert "nope_random.json" in capsys.readouterr().err
@@ -417,7 +468,7 @@ def test_pope_build_then_run(coco: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "built"
     args = ["eval", "pope", "--model", "tiny-llava", "--build-from-annotations", str(coco.instances),
             "--build-num-images", "6", "--build-seed", "0", "--images", str(coco.images), "--output-path", str(out),
-            "--limit", "6", "--no-progress"]
+            "--limit", "6", "--no-progress", "--max-new-tokens", "4"]
     assert main(args) == 0
     for split in SPLITS:  # same seed, same files as pope-build
         assert (out / "pope_questions" / f"coco_pope_{split}.json").read_bytes() == coco.pope[split].read_bytes()
@@ -459,7 +510,7 @@ def test_pope_data_parallel_two_processes(coco: SimpleNamespace, baseline: Simpl
 def _chair_args(coco: SimpleNamespace, out: Path, *extra: str) -> list[str]:
     return ["eval", "chair", "--model", "tiny-llava", "--images", str(coco.images), "--instances",
             str(coco.instances), "--captions", str(coco.captions), "--output-path", str(out), "--no-progress",
-            "--max-new-tokens", "24", "--batch-size", "2", *extra]
+            "--max-new-tokens", "48", "--batch-size", "2", *extra]
 
 
 def test_chair_defaults_follow_the_protocol() -> None:
@@ -474,14 +525,15 @@ def test_chair_defaults_follow_the_protocol() -> None:
 
 def test_chair_end_to_end_seeded_sample(coco: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "chair"
-    assert main(_chair_args(coco, out, "--num-images", "4", "--image-seed", "3")) == 0
+    # PAI's wording and these images make the random tiny model name COCO objects (checked below)
+    assert main(_chair_args(coco, out, "--num-images", "4", "--image-seed", "4", "--prompt-preset", "pai")) == 0
     results = validate_results_file(out / "results_chair.json")
     cfg = results["configs"]["chair"]
-    expected_ids = sample_image_ids(FILE_IDS, 4, seed=3)
+    expected_ids = sample_image_ids(FILE_IDS, 4, seed=4)
     assert cfg["image_ids"] == expected_ids  # the seeded id list is in the results, in evaluation order
-    assert cfg["image_selection"]["seed"] == 3 and cfg["image_selection"]["population_size"] == 6
-    assert cfg["prompt_template"] == "Please describe this image in detail." and cfg["prompt_preset"] == "chair"
-    assert cfg["generation_kwargs"] == {"max_new_tokens": 24, "do_sample": False}
+    assert cfg["image_selection"]["seed"] == 4 and cfg["image_selection"]["population_size"] == 6
+    assert cfg["prompt_template"] == "Please help me describe the image in detail." and cfg["prompt_preset"] == "pai"
+    assert cfg["generation_kwargs"] == {"max_new_tokens": 48, "do_sample": False}
     assert cfg["scorer"]["singularizer"] == "inflect"
 
     samples = _samples(out, "chair")
@@ -495,7 +547,8 @@ def test_chair_end_to_end_seeded_sample(coco: SimpleNamespace, tmp_path: Path) -
         assert s["hallucinated_words"] == ref["hallucinated_words"]
         assert s["gt_objects"] == ref["gt_objects"]
         assert s["caption"] == s["caption_raw"].strip() and s["new_tokens"] >= 1
-    assert sum(len(s["mentioned_words"]) for s in samples) > 0  # the tiny model does name COCO objects
+    # not vacuous: the tiny model names COCO objects for these images (exact values: test_chair_known_captions)
+    assert sum(len(s["mentioned_words"]) for s in samples) > 0
     entry = results["results"]["chair"]
     for key in ("CHAIR_s", "CHAIR_i", "recall", "avg_len"):
         assert entry[f"{key},none"] == pytest.approx(scored.metrics[key])
@@ -509,16 +562,57 @@ def test_chair_explicit_ids_and_missing_image(coco: SimpleNamespace, tmp_path: P
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("# OPERA-style list\n785\n999, 139\n")
     out = tmp_path / "chair_ids"
-    assert main(_chair_args(coco, out, "--image-ids", str(ids_file))) == 0
+    assert main(_chair_args(coco, out, "--image-ids", str(ids_file), "--max-new-tokens", "8")) == 0
     results = validate_results_file(out / "results_chair.json")
     assert results["configs"]["chair"]["image_ids"] == [785, 999, 139]
+    assert results["configs"]["chair"]["image_selection"]["rule"] == "explicit list"
     assert results["errors"]["chair"]["sample_ids"] == ["chair-999"]
-    by_id = {s["image_id"]: s for s in _samples(out, "chair")}
-    assert "image_id 999" in by_id[999]["error"] and "COCO_val2014_000000000999.jpg" in by_id[999]["error"]
-    assert {785, 139} <= {i for i, s in by_id.items() if "caption" in s}
+    by_id = {s["sample_id"]: s for s in _samples(out, "chair")}
+    error = by_id["chair-999"]["error"]
+    assert "image_id 999" in error and "COCO_val2014_000000000999.jpg" in error and "not found" in error
+    assert [by_id["chair-785"]["image_id"], by_id["chair-139"]["image_id"]] == [785, 139]
     assert results["results"]["chair"]["counts,none"]["captions"] == 2
     assert any(d["role"] == "image_ids" for d in results["data_files"])
 
     unknown = tmp_path / "unknown.json"
     unknown.write_text("[785, 4242]")
     assert main(_chair_args(coco, tmp_path / "chair_bad", "--image-ids", str(unknown))) == 2  # no ground truth
+
+
+def test_chair_known_captions(coco: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-sample log and metrics for captions whose objects are known (generation stubbed out)."""
+    import torch
+
+    import hookkit.generation
+    from hookkit.evals.chair_task import ChairTask
+
+    captions = ["A man with two dogs on a chair and a surfboard.", "A cat on a table by a toilet seat."]
+    seen: list[tuple[str, tuple[int, int]]] = []
+
+    def fake_generate(model: Any, processor: Any, prompts: list[str], images: list[Any], **kwargs: Any) -> Any:
+        seen.extend((p, im.size) for p, im in zip(prompts, images))
+        assert kwargs["max_new_tokens"] == 512 and kwargs["do_sample"] is False
+        return hookkit.generation.GenerationResult(captions[: len(prompts)], torch.zeros(len(prompts), 1),
+                                                   [[5]] * len(prompts), 0, {"prefill_s": 0.01, "decode_s": 0.02})
+
+    monkeypatch.setattr(hookkit.generation, "generate", fake_generate)
+    ids_file = tmp_path / "ids.json"
+    ids_file.write_text("[139, 285]")
+    task = ChairTask.from_files(images_dir=coco.images, instances=[coco.instances], captions=[coco.captions],
+                               image_ids_file=ids_file, model=object(), processor=object())
+    records = task.predict(task.samples())
+    assert seen == [("Please describe this image in detail.", (64, 48))] * 2
+    r139, r285 = records
+    assert (r139["image_id"], r285["image_id"]) == (139, 285)
+    assert r139["mentioned_words"] == ["man", "dog", "chair", "surfboard"]
+    assert r139["mentioned_node_words"] == ["person", "dog", "chair", "surfboard"]
+    assert r139["hallucinated_words"] == [["surfboard", "surfboard"]]
+    assert r139["gt_objects"] == ["chair", "cup", "dog", "person"]
+    assert r285["mentioned_node_words"] == ["cat", "dining table", "toilet"]
+    assert r285["hallucinated_words"] == [["toilet", "toilet"]]
+    assert r139["CHAIR_i"] == pytest.approx(25.0) and r285["recall"] == pytest.approx(100 * 2 / 3)
+    out = task.aggregate(records)
+    assert out["CHAIR_s"] == 100.0  # both captions hallucinate
+    assert out["CHAIR_i"] == pytest.approx(100 * 2 / 7)  # 2 hallucinated of 7 mentions
+    assert out["recall"] == pytest.approx(100 * 5 / 7)  # {person, dog, chair} of 4 + {cat, dining table} of 3
+    assert out["counts"]["mentions"] == 7 and out["counts"]["hallucinated_captions"] == 2

@@ -77,6 +77,7 @@ def test_accelerate_device_map_with_offload_keeps_parity(tmp_path: Path) -> None
     text = "model.language_model"
     device_map = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", f"{text}.embed_tokens": "cpu",
                   f"{text}.layers.0": "cpu", f"{text}.layers.1": "disk", f"{text}.layers.2": "cpu",
+                  f"{text}.layers.3": "cpu",
                   f"{text}.norm": "cpu", f"{text}.rotary_emb": "cpu", "lm_head": "cpu"}
     model, processor = hookkit.load("tiny-llava", dtype="float32", device_map=device_map,
                                     offload_folder=str(tmp_path))

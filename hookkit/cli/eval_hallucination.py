@@ -139,16 +139,20 @@ def _load(args: argparse.Namespace, state: Any) -> tuple[Any, Any, dict[str, Any
     return model, processor, model_info
 
 
-def _run_task(args: argparse.Namespace, make_task: Callable[[Any, Any, dict[str, Any]], Any],
+def _run_task(args: argparse.Namespace, make_task: Callable[[dict[str, Any]], Any],
               summarize: Callable[[dict[str, Any]], list[str]]) -> int:
-    """Load the model, attach the recipe (if any), evaluate, and print a summary on the main process."""
+    """Build the task, load the model, attach the recipe (if any), evaluate, print a summary on the main process.
+
+    The task (data files, images folder, settings) is checked before the model is loaded, so a typo in a path
+    fails in a second rather than after loading a 7B checkpoint.
+    """
     from hookkit.evals.runner import evaluate, get_state
 
     state = get_state()
     recipe = recipe_from_args(args)
-    gen = generation_kwargs(args)  # validate before loading anything
+    task = make_task(generation_kwargs(args))
     model, processor, model_info = _load(args, state)
-    task = make_task(model, processor, gen)
+    task.model, task.processor = model, processor
     intervention = intervention_record(recipe, model)
     import hookkit
 
@@ -351,11 +355,10 @@ def run_pope(args: argparse.Namespace) -> int:
             raise ConfigError("--build-dir", "only applies with --build-from-annotations")
         question_files = _parse_data(args.data)
 
-    def make_task(model: Any, processor: Any, gen: dict[str, Any]) -> PopeTask:
-        return PopeTask(question_files, args.images, model=model, processor=processor,
-                        prompt_preset=args.prompt_preset, parser=args.parser, unknown_policy=args.unknown_policy,
-                        max_new_tokens=args.max_new_tokens, generate_kwargs=gen, hash_images=not args.no_hash_images,
-                        extra_data_files=extra_files, extra_config=extra_config)
+    def make_task(gen: dict[str, Any]) -> PopeTask:
+        return PopeTask(question_files, args.images, prompt_preset=args.prompt_preset, parser=args.parser,
+                        unknown_policy=args.unknown_policy, max_new_tokens=args.max_new_tokens, generate_kwargs=gen,
+                        hash_images=not args.no_hash_images, extra_data_files=extra_files, extra_config=extra_config)
 
     return _run_task(args, make_task, _pope_summary)
 
@@ -420,11 +423,11 @@ def run_chair(args: argparse.Namespace) -> int:
     preset = "custom" if args.prompt is not None else args.prompt_preset
     image_seed = args.image_seed if args.image_seed is not None else args.seed
 
-    def make_task(model: Any, processor: Any, gen: dict[str, Any]) -> ChairTask:
+    def make_task(gen: dict[str, Any]) -> ChairTask:
         return ChairTask.from_files(
             images_dir=args.images, instances=args.instances, captions=args.captions, image_ids_file=args.image_ids,
             num_images=args.num_images, image_seed=image_seed, sample_from=args.sample_from,
-            synonyms=args.synonyms, model=model, processor=processor, prompt=prompt, prompt_preset=preset,
+            synonyms=args.synonyms, prompt=prompt, prompt_preset=preset,
             max_new_tokens=args.max_new_tokens, generate_kwargs=gen, hash_images=not args.no_hash_images)
 
     return _run_task(args, make_task, _chair_summary)

@@ -74,60 +74,95 @@ class TokenTracker:
 
     ``start`` is called at prefill (past length 0) and ``extend`` at every cached step. Slicing by the past
     length, not appending blindly, keeps the tracker right when a cache is cropped and part of the prompt is
-    replayed (VHR's lock-step prefill, assisted decoding).
+    replayed. ``extend`` only queues the step; ``input_ids``/``regions`` are materialised when a method asks for
+    them, so methods that never look at regions (VHR while decoding) pay nothing per step.
     """
 
     def __init__(self, image_token_ids: tuple[int, ...]):
         self.image_token_ids = tuple(image_token_ids)
-        self.input_ids: torch.Tensor | None = None  # [B, T] token id of every slot so far
-        self.regions: torch.Tensor | None = None  # [B, T] int8 Region codes
+        self._ids: torch.Tensor | None = None  # [B, capacity]
+        self._regions: torch.Tensor | None = None  # [B, capacity] int8
+        self._written = 0  # slots materialised in _ids/_regions
+        self._queued: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (past, ids, mask) not yet written
+        self.total = 0
         self.prompt_regions: torch.Tensor | None = None  # [B, S] Region codes of the prompt
         self.prompt_length = 0
 
     @property
-    def total(self) -> int:
-        return 0 if self.input_ids is None else self.input_ids.shape[1]
+    def input_ids(self) -> torch.Tensor | None:
+        """Token id of every slot so far, ``[B, T]``."""
+        self._flush()
+        return None if self._ids is None else self._ids[:, :self.total]
+
+    @property
+    def regions(self) -> torch.Tensor | None:
+        """Region code of every slot so far, ``[B, T]`` int8."""
+        self._flush()
+        return None if self._regions is None else self._regions[:, :self.total]
 
     @property
     def batch_size(self) -> int:
-        return 0 if self.input_ids is None else self.input_ids.shape[0]
+        return 0 if self._ids is None else self._ids.shape[0]
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        self.input_ids = input_ids.detach()
-        self.regions = prompt_regions(self.input_ids, attention_mask, self.image_token_ids)
-        self.prompt_regions = self.regions
-        self.prompt_length = input_ids.shape[1]
+        regions = prompt_regions(input_ids.detach(), attention_mask, self.image_token_ids)
+        self._ids, self._regions = input_ids.detach().clone(), regions.clone()
+        self.total = self.prompt_length = self._written = input_ids.shape[1]
+        self._queued = []
+        self.prompt_regions = regions
 
     def extend(self, past_length: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """Record a cached forward whose new tokens occupy slots ``past_length ... past_length + n - 1``."""
-        if self.input_ids is None or self.regions is None or self.prompt_regions is None:
+        if self._ids is None:
             raise RuntimeError("a cached forward arrived before any prefill: hookkit cannot tell which tokens "
                                "the cache holds (attach the session before the first forward)")
-        if input_ids.shape[0] != self.input_ids.shape[0]:
-            raise RuntimeError(f"batch size changed from {self.input_ids.shape[0]} to {input_ids.shape[0]} in a "
+        if input_ids.shape[0] != self._ids.shape[0]:
+            raise RuntimeError(f"batch size changed from {self._ids.shape[0]} to {input_ids.shape[0]} in a "
                                "cached forward; beam search and cache reordering are not supported")
-        device = self.regions.device
+        if past_length > self.total:
+            raise RuntimeError(f"the cache holds {past_length} slots but hookkit has seen only {self.total}")
         new = input_ids.shape[1]
-        new_regions = torch.full((input_ids.shape[0], new), int(Region.GENERATED), dtype=torch.int8, device=device)
-        if past_length < self.prompt_length:
-            # Prompt slots replayed into a cropped cache keep their prompt regions.
-            replay = min(self.prompt_length - past_length, new)
-            new_regions[:, :replay] = self.prompt_regions[:, past_length:past_length + replay]
-        if attention_mask is not None:
-            new_regions[attention_mask[:, -new:].to(device) == 0] = int(Region.PADDING)
-        self.input_ids = torch.cat([self.input_ids[:, :past_length], input_ids.detach().to(device)], dim=1)
-        self.regions = torch.cat([self.regions[:, :past_length], new_regions], dim=1)
+        mask = None if attention_mask is None else attention_mask[:, -new:]
+        self._queued.append((past_length, input_ids.detach(), mask))
+        self.total = past_length + new
+
+    def _flush(self) -> None:
+        if not self._queued:
+            return
+        assert self._ids is not None and self._regions is not None and self.prompt_regions is not None
+        end = max(past + ids.shape[1] for past, ids, _ in self._queued)
+        if end > self._ids.shape[1]:  # grow by doubling
+            capacity = max(end, 2 * self._ids.shape[1], 64)
+            ids = self._ids.new_zeros(self._ids.shape[0], capacity)
+            regions = self._regions.new_zeros(self._regions.shape[0], capacity)
+            ids[:, :self._written], regions[:, :self._written] = (self._ids[:, :self._written],
+                                                                  self._regions[:, :self._written])
+            self._ids, self._regions = ids, regions
+        for past, new_ids, mask in self._queued:
+            stop = past + new_ids.shape[1]
+            self._ids[:, past:stop] = new_ids.to(self._ids.device)
+            region = self._regions[:, past:stop]
+            region.fill_(int(Region.GENERATED))
+            if past < self.prompt_length:
+                # Prompt slots replayed into a cropped cache keep their prompt regions.
+                replay = min(self.prompt_length - past, stop - past)
+                region[:, :replay] = self.prompt_regions[:, past:past + replay]
+            if mask is not None:
+                region.masked_fill_(mask.to(region.device) == 0, int(Region.PADDING))
+        self._written = self.total
+        self._queued = []
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` of the batch (after the cache itself was reduced to those rows)."""
-        assert self.input_ids is not None and self.regions is not None and self.prompt_regions is not None
-        self.input_ids, self.regions = self.input_ids[rows], self.regions[rows]
+        self._flush()
+        assert self._ids is not None and self._regions is not None and self.prompt_regions is not None
+        self._ids, self._regions = self._ids[rows], self._regions[rows]
         self.prompt_regions = self.prompt_regions[rows]
 
     def mask(self, region: Region | str, slots: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Boolean ``[B, n]`` mask of the ``slots`` (default: all) that belong to ``region``."""
-        if self.regions is None:
+        regions = self.regions
+        if regions is None:
             raise RuntimeError("no input has been seen yet")
         code = int(region_from_name(region))
-        regions = self.regions if slots is None else self.regions[:, slots]
-        return regions == code
+        return (regions if slots is None else regions[:, slots]) == code

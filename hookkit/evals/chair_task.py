@@ -19,8 +19,6 @@ instance annotations ∪ reference-caption objects); this module adds the genera
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +27,7 @@ from typing import Any
 
 from hookkit.errors import ConfigError, InputError
 from hookkit.evals.chair import DEFAULT_SYNONYMS_PATH, ChairScorer, ChairVocab, default_vocab, sample_image_ids
-from hookkit.evals.pope_task import images_manifest, load_image
+from hookkit.evals.pope_task import _finite, images_manifest, load_image
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
 from hookkit.evals.schema import data_file_entry, mean_stderr, sha256_of
 
@@ -43,7 +41,6 @@ __all__ = [
     "select_image_ids",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: Named caption prompts (§2.4; byte-exact protocol data).
 CHAIR_PROMPT_PRESETS: dict[str, str] = {
@@ -198,10 +195,6 @@ def select_image_ids(
         "seed": seed,
         "n": num_images,
     }
-
-
-def _finite(timings: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in timings.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class ChairTask(EvalTask):

@@ -12,7 +12,7 @@ Variants (``variant``):
   ``n_j = ‖q_j‖₂`` of each routed head's query, read from the raw ``q_proj`` output at the ``LINEAR`` site (before
   RoPE, which preserves norms; for models with a ``q_norm`` the norm is taken before it); ``p = softmax(n/σ)`` with
   ``σ = std_j(n_j)`` (torch's unbiased std, as in the released code); binary gates ``m = onehot(topK(p))``; shared
-  gates are exactly 1. Training uses a straight-through estimator ``g = m + p − p.detach()`` (forward value m,
+  gates are exactly 1. Training uses a straight-through estimator ``g = m + (p − p.detach())`` (forward value m,
   gradient of p; the paper's ∂L/∂g^q = ∂L/∂g, form not verified since the training code is unreleased), so the
   gradient reaches ``q_proj`` through the query norms.
 * ``"learned"`` (from-scratch MoH, paper Eq. 5-6, ``MoH-ViT``/``MoH-DiT`` code): bias-free routers on the attention
@@ -324,8 +324,9 @@ class MoH(AdapterIntervention):
             if b.routed:
                 q = output.view(*output.shape[:2], b.num_heads, -1)[:, :, b.shared:b.shared + b.routed]
                 p, m = query_norm_router(q, b.top_k)
-                # Straight-through estimator (paper Eq. 10): forward value m, gradient of p.
-                g = m + p - p.detach() if (self.ste and torch.is_grad_enabled()) else m
+                # Straight-through estimator (paper Eq. 10): forward value m, gradient of p. Bracketed so that
+                # the forward value is exactly m ((m + p) - p is not, in floating point).
+                g = m + (p - p.detach()) if (self.ste and torch.is_grad_enabled()) else m
                 self._store(ctx, state, b, None, g, p, m, ref)
             else:
                 self._store(ctx, state, b, None, None, None, None, ref)

@@ -91,6 +91,7 @@ class VARState:
     image: torch.Tensor  # [B, S] image slots of the prompt
     pad: torch.Tensor  # [B, S]
     sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, S] sink slots
+    visual_sink: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B]: any visual sink in the row
     dims: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, hidden] dims used
     stats: dict[str, float] = field(default_factory=lambda: {"rows_selected": 0.0, "mass_moved": 0.0})
 
@@ -189,6 +190,7 @@ class VAR(Intervention):
     def select_rows(self, state: VARState, rows: torch.Tensor) -> VARState:
         state.image, state.pad = state.image[rows], state.pad[rows]
         state.sinks = {k: v[rows] for k, v in state.sinks.items()}
+        state.visual_sink = {k: v[rows] for k, v in state.visual_sink.items()}
         state.dims = {k: v[rows] for k, v in state.dims.items()}
         return state
 
@@ -205,30 +207,35 @@ class VAR(Intervention):
             dims = torch.zeros(1, hidden.shape[-1], dtype=torch.bool, device=hidden.device)
             dims[0, list(self._dims)] = True
         state.dims[layer] = dims
-        state.sinks[layer] = (sink_scores(hidden, dims) > self.tau) & ~pad
+        sinks = (sink_scores(hidden, dims) > self.tau) & ~pad
+        state.sinks[layer] = sinks
+        visual = (sinks & state.image.to(sinks.device)).any(dim=1)
+        # A layer without any visual sink selects nothing (§2.2): drop it now so decoding skips it for free.
+        if bool(visual.any()):
+            state.visual_sink[layer] = visual
         return None
 
     # ------------------------------------------------------------------ redistribution (probabilities)
     def prob_rows(self, call: AttnCall, state: VARState) -> torch.Tensor | None:
-        sinks = state.sinks.get(call.layer)
-        if sinks is None:
-            return None
-        has_visual_sink = (sinks & state.image.to(sinks.device)).any(dim=1)  # [B]
-        if not bool(has_visual_sink.any()):
+        has_visual_sink = state.visual_sink.get(call.layer)  # [B]
+        if has_visual_sink is None:
             return None  # no visual sink in this layer: VAR does nothing here (§2.2, as the code)
-        text = call.query_mask(Region.TEXT_AFTER_IMAGE) | call.query_mask(Region.GENERATED)
-        return text & has_visual_sink.to(text.device)[:, None]
+        if call.is_prefill:
+            rows = call.query_mask(Region.TEXT_AFTER_IMAGE)
+        else:  # every decoding step (generated tokens; a replayed prompt slot would be text after the image)
+            rows = call.query_mask(Region.GENERATED) | call.query_mask(Region.TEXT_AFTER_IMAGE)
+        return rows & has_visual_sink.to(rows.device)[:, None]
 
     def edit_probs(self, call: AttnCall, state: VARState, probs: torch.Tensor, rows: torch.Tensor,
                    row_mask: torch.Tensor) -> torch.Tensor:
         k_slots = call.k_slots
         in_prompt = k_slots < state.prompt_length
         prompt_slot = k_slots.clamp(max=state.prompt_length - 1)
-        layer_sinks = state.sinks[call.layer].to(probs.device)
-        sinks = layer_sinks[:, prompt_slot] & in_prompt  # [B, K] (a sliding window may hold only some of them)
+        # [B, K]; a sliding window may hold only some of the layer's sinks
+        sinks = state.sinks[call.layer].to(probs.device)[:, prompt_slot] & in_prompt
         image = call.key_mask(Region.IMAGE).to(probs.device)
         nonsink_image = image & ~sinks
-        has_visual_sink = (layer_sinks & state.image.to(probs.device)).any(dim=1)  # [B], over the whole layer
+        has_visual_sink = state.visual_sink[call.layer].to(probs.device)  # [B], over the whole layer
 
         p = probs
         vis = (p * image[:, None, None]).sum(-1)  # [B, H, R]

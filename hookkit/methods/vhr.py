@@ -92,6 +92,7 @@ class VHRState:
     heads: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, H] bool, frozen once chosen
     vhd: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, H] fp32 (for inspection)
     ta: dict[int, torch.Tensor] = field(default_factory=dict)
+    scales: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, 1, H, 1], built once
 
 
 @register_method
@@ -189,20 +190,26 @@ class VHR(Intervention):
                 "VHR selects heads by comparing each prompt with its no-image version; run generation through "
                 "hookkit.generate(model, processor, prompts, images) (or `hookkit apply`), or use "
                 "selection='fixed' with a head mask")
+        if self.alpha == 1.0 and state.mode not in ("lockstep", "probe"):
+            return None
         if state.mode in ("lockstep", "probe") and ctx.is_prefill:
             rows = state.paired_rows
             vhd, ta = head_divergence(heads, rows)
             chosen = select_heads(vhd, ta, outlier_rule=self.outlier_rule, std=self.outlier_std)
             state.vhd[layer], state.ta[layer], state.heads[layer] = vhd, ta, chosen
-            if state.mode == "probe":
+            if state.mode == "probe" or self.alpha == 1.0:
                 return None  # the probe pass is unmodified
-            mask = torch.cat([chosen, chosen])  # both branches are reinforced (inferred, §1.4 step 5)
-        else:
-            mask = state.heads[layer]
-        if self.alpha == 1.0:
-            return None
-        scale = torch.where(mask.to(heads.device), self.alpha, 1.0).to(heads.dtype)  # [rows, H]
-        return heads * scale[:, None, :, None]
+            # Both branches are reinforced (inferred, §1.4 step 5).
+            return heads * self._scale(torch.cat([chosen, chosen]), heads)
+        scale = state.scales.get(layer)
+        if scale is None or scale.shape[0] != heads.shape[0]:  # built once per sample: decoding stays cheap
+            scale = state.scales[layer] = self._scale(state.heads[layer], heads)
+        return heads * scale
+
+    def _scale(self, mask: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """α on the selected heads, 1 elsewhere, shaped ``[rows, 1, H, 1]`` to broadcast over positions."""
+        scale = torch.where(mask.to(heads.device), self.alpha, 1.0).to(heads.dtype)
+        return scale[:, None, :, None]
 
 
 # ---------------------------------------------------------------------- VHD analysis API
