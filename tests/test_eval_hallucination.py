@@ -204,6 +204,7 @@ def test_pope_baseline_results_json(coco: SimpleNamespace, baseline: SimpleNames
 
     cfg = results["configs"]["pope"]
     assert cfg["parser"] == "pope_official" and cfg["prompt_preset"] == "llava15"
+    assert results["parser"] == {"pope": "pope_official"}  # the top-level parser key (eval-protocols.md §8)
     assert cfg["splits"] == list(SPLITS) and cfg["unknown_policy"] == "as_no"
     assert cfg["generation_kwargs"] == {"max_new_tokens": 4, "do_sample": False}
     assert cfg["prompt_template"] == "{question}\nAnswer the question using a single word or phrase."

@@ -129,9 +129,11 @@ def test_learned_router_weights_match_hand_computation() -> None:
         tensors = {k: torch.randn(v.shape, generator=gen) for k, v in iv.tensors().items()}
         iv.load_tensors(tensors)
         inputs: dict[int, torch.Tensor] = {}
-        handle = info.attentions[0].register_forward_pre_hook(
-            lambda m, a, k: inputs.__setitem__(0, k.get("hidden_states", a[0] if a else None).detach()),
-            with_kwargs=True)
+
+        def record(module, args, kwargs, inputs=inputs):
+            inputs[0] = kwargs.get("hidden_states", args[0] if args else None).detach()
+
+        handle = info.attentions[0].register_forward_pre_hook(record, with_kwargs=True)
         try:
             with hookkit.attach(model, iv) as session:
                 prefill_logits(model, batch)

@@ -235,3 +235,46 @@ def test_linear_site_edits_the_named_submodule() -> None:
     assert masked_max_diff(removed, hooked, batch["attention_mask"]) == 0.0
     with pytest.raises(hookkit.ConfigError, match=r"target_modules: layer 1 has no sub-module 'mlp\.nope'"):
         hookkit.attach(model, ScaleLinear(target="mlp.nope"))
+
+
+def test_each_edit_takes_the_cheapest_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untouched layers: stock sdpa. Bias only: sdpa with a float mask, nothing materialised. Probability edits:
+    fp32 probabilities of the requested layer and query rows only."""
+    from hookkit.core import attention as attention_mod
+    from hookkit.methods.noop import Noop
+
+    model, processor, info = load_tiny("tiny-llava")
+    batch = build_batch(info, processor, 2)
+    materialised: list[tuple[int, int]] = []  # (layer, query rows)
+    sdpa_calls: dict[int, bool] = {}  # layer -> position_bias given? (untouched layers may or may not be spied)
+    real_probs, real_sdpa = attention_mod.attention_probs, attention_mod.sdpa_attention_forward
+
+    def spy_probs(module, query, *args, **kwargs):
+        materialised.append((module.layer_idx, query.shape[2]))
+        return real_probs(module, query, *args, **kwargs)
+
+    def spy_sdpa(module, *args, **kwargs):
+        sdpa_calls[module.layer_idx] = kwargs.get("position_bias") is not None
+        return real_sdpa(module, *args, **kwargs)
+
+    monkeypatch.setattr(attention_mod, "attention_probs", spy_probs)
+    monkeypatch.setattr(attention_mod, "sdpa_attention_forward", spy_sdpa)
+    with hookkit.attach(model, Noop(sites=["score_bias"], layers=[2])):
+        prefill_logits(model, batch)
+    # only layer 2 takes hookkit's path: sdpa with a float mask, nothing materialised
+    assert materialised == [] and sdpa_calls.pop(2) is True and not any(sdpa_calls.values())
+
+    sdpa_calls.clear()
+    with hookkit.attach(model, Noop(sites=["probs"], layers=[1], prob_rows_region="text_after_image")):
+        prefill_logits(model, batch)
+    rows_needed = int(build_rows_after_image(batch, info).any(0).sum())
+    assert materialised == [(1, rows_needed)] and rows_needed < batch["input_ids"].shape[1]
+    assert sdpa_calls.pop(1) is False and not any(sdpa_calls.values())  # the other rows: stock sdpa, no bias
+
+
+def build_rows_after_image(batch, info) -> torch.Tensor:
+    """[B, S] text slots after each row's first image token (an independent region computation)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    image = ids == info.image_token_ids[0]
+    after_first_image = image.long().cumsum(1) > 0
+    return after_first_image & ~image & mask

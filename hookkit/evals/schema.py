@@ -542,6 +542,8 @@ def build_results(
         "transformers_version": env.get("transformers"),
         "hookkit_version": env.get("hookkit"),
         "task_hashes": {task: task_hash_value if task_hash_value is not None else task_hash(records or [])},
+        # Answer-parser id at the top level (eval-protocols.md §8), for tasks that parse answers (POPE).
+        "parser": {task: cfg["parser"]} if cfg.get("parser") is not None else None,
         "intervention": None if intervention is None else dict(intervention),
         "intervention_hash": None if intervention is None else sha256_of(intervention),
         "data_files": [dict(d) for d in data_files],

@@ -103,7 +103,9 @@ class AdapterIntervention(Intervention):
         if pending:
             _load_state(self.name, module, pending)
             self._pending_tensors = None
-        module.to(model_device(info.model))
+        # Evaluation mode: the adapter's dropout is off unless a trainer switches it on (``adapter_module.train()``);
+        # the modules are not children of the model, so ``model.train()`` does not reach them.
+        module.to(model_device(info.model)).eval()
         self._adapter, self._built_for = module, signature
         return module
 

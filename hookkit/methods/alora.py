@@ -206,7 +206,7 @@ class ALoRA(AdapterIntervention):
         valid = ~tracker.mask(Region.PADDING, slice(0, total))  # [B, T]
         q_slot = torch.arange(past, total, device=valid.device)[:, None]
         k_slot = torch.arange(total, device=valid.device)[None, :]
-        allowed = (k_slot <= q_slot)[None].expand(valid.shape[0], -1, -1)
+        allowed = (k_slot <= q_slot)[None] & (valid[:, None, :] | (k_slot == q_slot)[None])
         state["mask"] = (ctx.forward, allowed)
         return allowed
 

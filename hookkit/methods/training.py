@@ -256,6 +256,9 @@ class Trainer:
             raise ConfigError(f"{iv.name}", "this configuration has no trainable parameters (e.g. MoH's query-norm "
                               "router is parameter-free: set lora_rank > 0, or use variant=learned)")
         saved_flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        # Dropout draws from the global torch RNG: seed it (and restore the caller's state afterwards), so a run is
+        # a function of --seed and a resumed run continues the exact random stream (the checkpoint stores it).
+        caller_rng = torch.get_rng_state()
         model_training = self.model.training
         start, t0 = 0, time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +271,7 @@ class Trainer:
             if resume:
                 start = self._restore(optimizer)
             else:
+                torch.manual_seed(cfg.seed)
                 self._truncate_log(0)
             self.model.eval()  # base modules: no dropout; only the adapter trains
             adapter.train()
@@ -315,6 +319,7 @@ class Trainer:
                 save_adapter(iv, self.info, self.output_dir, extra=self._training_record(summary))
             return summary
         finally:
+            torch.set_rng_state(caller_rng)
             adapter.eval()
             for p, flag in saved_flags:
                 p.requires_grad_(flag)
