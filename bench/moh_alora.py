@@ -74,6 +74,7 @@ def train(model: Any, tok: Any, iv: Any, cfg: TrainConfig, name: str, data: list
 
 # ---------------------------------------------------------------------------------------------- quality
 def moh_quality(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
     model, tok = hookkit.load("smollm2", dtype="float32")
     info = hookkit.get_model_info(model)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -134,6 +135,7 @@ def moh_quality(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- ALoRA vs LoRA
 def alora_vs_lora(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
     model, tok = hookkit.load("smollm2", dtype="float32")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seq_len=args.seq_len,
                       eval_every=args.eval_every, eval_blocks=args.eval_blocks, seed=args.seed,
@@ -288,6 +290,7 @@ def main() -> None:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--rank", type=int, default=16 if name == "moh-quality" else 8)
         s.add_argument("--resume", action="store_true", help="keep finished rows and resume training checkpoints")
+        s.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared machine)")
         if name == "moh-quality":
             s.add_argument("--tune-naive", action="store_true", help="also tune the naive-drop model")
         else:

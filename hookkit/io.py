@@ -10,15 +10,16 @@ from hookkit.errors import InputError
 
 
 def load_image(path: str | Path, *, field: str = "image") -> Image.Image:
-    """Open an image as RGB; a missing, unreadable or corrupt file raises ``InputError`` naming it."""
+    """Open an image as RGB; a missing, unreadable or corrupt file raises ``InputError`` naming ``field`` (a CLI
+    option, or the data-file line a sample came from) and the file."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{field}: file {str(path)!r} does not exist")
+        raise InputError(f"{field}: file {str(path)!r} does not exist (not found)")
     if not path.is_file():
         raise InputError(f"{field}: {str(path)!r} is not a file")
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so truncated files fail here and not inside the processor
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{field}: cannot read {str(path)!r} as an image ({exc.__class__.__name__}: {exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{field}: cannot read image {str(path)!r} ({exc.__class__.__name__}: {exc})") from exc

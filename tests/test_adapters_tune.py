@@ -252,6 +252,9 @@ def test_tune_cli_end_to_end(tmp_path: Path, capsys) -> None:
     cfg = json.loads((out / CONFIG_NAME).read_text())
     assert cfg["method"] == "moh" and cfg["params"]["lora_rank"] == 16  # the CLI's default for query-norm MoH
     assert main(args + ["--resume"]) == 0  # already finished: resumes at step 3 and re-saves
+    capsys.readouterr()
+    assert main(["apply", "--model", "tiny-llama", "--recipe", str(out / RECIPE_NAME), "--prompt", "Is there a dog",
+                 "--max-new-tokens", "2"]) == 0  # `hookkit apply --recipe DIR/recipe.json`
     assert main(["tune", "--method", "vhr", "--model", "tiny-llama", "--data", str(data), "--output",
                  str(tmp_path / "x")]) == 2
     shutil.rmtree(out)

