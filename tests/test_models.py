@@ -155,6 +155,10 @@ def test_smollm2_loads_offline_and_answers() -> None:
         hooked = model.generate(**batch, max_new_tokens=8, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True)
     assert torch.equal(stock.sequences, hooked.sequences) and max_logit_diff(stock, hooked) <= 1e-4
+    # hookkit.generate formats the prompt with SmolLM2's own (string-content) ChatML template
+    from hookkit.generation import generate as hk_generate
+
+    assert "Paris" in hk_generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=8).texts[0]
 
 
 def test_alias_table_covers_the_documented_aliases() -> None:

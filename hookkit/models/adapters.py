@@ -53,16 +53,17 @@ class FamilyAdapter:
     # ------------------------------------------------------------------ prompts
     def format_prompt(self, processor: Any, prompt: str, with_image: bool) -> str:
         """The model's chat-formatted prompt text, with the image placeholder when ``with_image``."""
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": prompt})
-        template_owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer",
-                                                                                               processor)
-        if getattr(template_owner, "chat_template", None):
-            messages = [{"role": "user", "content": content}]
-            if template_owner is getattr(processor, "tokenizer", None):  # plain tokenizers want string content
-                messages = [{"role": "user", "content": prompt}]
-            return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return prompt
+        owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer", processor)
+        if not getattr(owner, "chat_template", None):
+            return prompt
+        if hasattr(owner, "image_processor"):
+            # Multimodal processors' templates take typed content parts (the image part places the placeholder).
+            content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+            content.append({"type": "text", "text": prompt})
+            messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        else:  # plain tokenizer templates (ChatML, Llama-2...) expect string content
+            messages = [{"role": "user", "content": prompt}]
+        return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def build_inputs(self, processor: Any, prompts: Sequence[str], images: Sequence[Image.Image | None],
                      device: torch.device | str | None = None) -> Any:
