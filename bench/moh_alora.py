@@ -72,6 +72,20 @@ def train(model: Any, tok: Any, iv: Any, cfg: TrainConfig, name: str, data: list
     return summary
 
 
+def attach_curves(rows: dict[str, Any]) -> None:
+    """Copy each trained row's held-out evaluations and its training loss every 10 steps from its log.jsonl
+    (runs/ is git-ignored, the result file is not)."""
+    for row in rows.values():
+        log_path = ROOT / row.get("training", {}).get("log", "-")
+        if not log_path.is_file():
+            continue
+        records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+        row["training"]["heldout_curve"] = [{"step": r["step"], "heldout_ppl": r["heldout_ppl"]}
+                                            for r in records if "heldout_ppl" in r]
+        row["training"]["loss_every_10_steps"] = [{"step": r["step"], "loss": round(r["loss"], 4)}
+                                                  for r in records if "loss" in r and r["step"] % 10 == 0]
+
+
 # ---------------------------------------------------------------------------------------------- quality
 def moh_quality(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
@@ -127,6 +141,7 @@ def moh_quality(args: argparse.Namespace) -> None:
         row.update(eval_with(model, blocks, iv, cfg.batch_size))
         record(name, desc, row)
     rows = result["rows"]
+    attach_curves(rows)
     if "dense" in rows:
         base = rows["dense"]["heldout_ppl"]
         result["ratios_vs_dense"] = {k: round(v["heldout_ppl"] / base, 4) for k, v in rows.items()}
@@ -174,6 +189,7 @@ def alora_vs_lora(args: argparse.Namespace) -> None:
         result["rows"][name] = row
         write(path, result)
         print(f"{name}: {row['heldout_ppl']}", flush=True)
+    attach_curves(result["rows"])
     write(path, result)
 
 
@@ -275,6 +291,51 @@ def moh_speed(args: argparse.Namespace) -> None:
     write(path, result)
 
 
+# ---------------------------------------------------------------------------------------------- report
+def report(args: argparse.Namespace) -> None:
+    """Markdown tables of the three result files (pasted into docs/benchmarks.md)."""
+    out = []
+    q = RESULTS / "moh_alora_quality.json"
+    if q.exists():
+        data = json.loads(q.read_text())
+        rows = data["rows"]
+        base = rows["dense"]["heldout_ppl"]
+        out += ["| model | held-out ppl | vs dense | trainable params | training wall time |", "|---|---|---|---|---|"]
+        for name, r in rows.items():
+            t = r.get("training", {})
+            out.append(f"| {r['description']} (`{name}`) | {r['heldout_ppl']:.2f} | {r['heldout_ppl'] / base:.3f}x | "
+                       f"{r.get('trainable_parameters', 0):,} | {t.get('wall_s', 0) / 60:.0f} min |"
+                       if t else f"| {r['description']} (`{name}`) | {r['heldout_ppl']:.2f} | "
+                       f"{r['heldout_ppl'] / base:.3f}x | 0 | - |")
+        out.append("")
+    a = RESULTS / "moh_alora_alora_vs_lora.json"
+    if a.exists():
+        data = json.loads(a.read_text())
+        rows = data["rows"]
+        out += ["| adapter | held-out ppl | trainable params | training wall time |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            t = r.get("training", {})
+            out.append(f"| {r['description']} (`{name}`) | {r['heldout_ppl']:.3f} | "
+                       f"{r.get('trainable_parameters', 0):,} | " + (f"{t['wall_s'] / 60:.0f} min |" if t else "- |"))
+        out.append("")
+    s = RESULTS / "moh_alora_speed.json"
+    if s.exists():
+        data = json.loads(s.read_text())
+        out += ["| batch x context | dense tok/s | MoH-75% masked tok/s | MoH-75% skip tok/s | masked/dense | "
+                "skip/dense | skip/masked (paired) | query heads computed |", "|---|---|---|---|---|---|---|---|"]
+        for st in data["settings"]:
+            m, r, p = st["median_tok_s"], st["ratio_of_medians_vs_dense"], st["median_paired_ratio"]
+            out.append(f"| {st['batch']} x {st['context']} | {m['dense']:.2f} | {m['moh75_masked']:.2f} | "
+                       f"{m['moh75_skip']:.2f} | {r['moh75_masked']:.3f} | {r['moh75_skip']:.3f} | "
+                       f"{p['skip_vs_masked']:.3f} | {st['fraction_of_query_heads_computed_last_step']:.3f} |")
+        out.append("")
+        for mic in data.get("attention_micro", []):
+            out.append(f"- attention call alone, context {mic['context']}, {mic['kept_heads']}/9 heads: dense sdpa "
+                       f"{mic['median_us']['dense_sdpa']:.0f} µs, sparse heads {mic['median_us']['sparse_heads']:.0f} "
+                       f"µs (ratio {mic['sparse_over_dense']:.2f})")
+    print("\n".join(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -300,8 +361,9 @@ def main() -> None:
     s.add_argument("--new-tokens", type=int, default=32)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--settings", nargs="+", default=["1x512", "1x2048", "4x512"], help="BATCHxCONTEXT")
+    sub.add_parser("report", help="print the markdown tables of the result files")
     args = p.parse_args()
-    {"moh-quality": moh_quality, "alora-vs-lora": alora_vs_lora, "moh-speed": moh_speed}[args.cmd](args)
+    {"moh-quality": moh_quality, "alora-vs-lora": alora_vs_lora, "moh-speed": moh_speed, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

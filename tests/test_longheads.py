@@ -303,7 +303,8 @@ def test_block_memory_does_not_grow_with_context() -> None:
     model, _, _ = tiny()
     K = ATT // W
     for n in (80, 240):
-        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), prompt(n, seed=9), new=1)
+        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True), prompt(n, seed=9), new=1)
+        assert state.stats["pairs_max"] >= state.stats["chunks_max"] > 0
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
         assert state.stats["pairs_max"] <= W * (K - 1) + 1
     assert state.rows[0][0].k_loc.shape[1] <= 240 + 4 * W  # per-token state: linear in the context

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_pope_parser(subparsers)
     add_chair_parser(subparsers)
+    from hookkit.cli.eval_longctx import add_longppl_parser, add_niah_parser, add_passkey_parser  # issue 6
+
+    add_passkey_parser(subparsers)
+    add_niah_parser(subparsers)
+    add_longppl_parser(subparsers)
     p.add_argument("--task", action=_TaskOption, subparsers=subparsers, nargs=argparse.PARSER, dest="task",
                    metavar="TASK", help="the task and its options (same as the positional TASK)")
 
@@ -46,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
     return int(task_run(args) or 0)
 
 
-COMMAND = ("eval", "run an evaluation task (POPE, CHAIR, ...) and write results JSON + per-sample JSONL",
-           add_arguments, run)
+COMMAND = ("eval", "run an evaluation task (POPE, CHAIR, passkey, NIAH, long-context perplexity) and write results "
+           "JSON + per-sample JSONL", add_arguments, run)

@@ -76,6 +76,7 @@ from hookkit.models.base import ModelInfo, rotary_embedding
 Q_PROJ = "self_attn.q_proj"
 K_PROJ = "self_attn.k_proj"
 GQA_CHOICES = ("query_head", "kv_head")
+PREFILL_CHOICES = ("token", "block")
 DEFAULT_ATTEN_LENGTH = 4096
 
 
@@ -112,6 +113,24 @@ class LongHeadsState:
     rope_local: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [w, D] of positions 0..w-1 (fp32)
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
+    rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
+    count_pairs: bool = False
+
+    def rotation(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[D, K*D]``: the matrices of R(d·w), d = 0..K-1, side by side (``x @ M_d == R(d·w)·x``)."""
+        if dtype not in self.rotations:
+            cos, sin = self.rope_disp  # [K, D], HF layout cat(c, c) / cat(s, s)
+            K, D = cos.shape
+            half = D // 2
+            wide = torch.promote_types(dtype, torch.float32)
+            # rotate_half(x) == x @ P with P[i + D/2, i] = -1 and P[i, i + D/2] = 1 (modeling_llama.rotate_half)
+            P = torch.zeros(D, D, dtype=wide, device=cos.device)
+            idx = torch.arange(half, device=cos.device)
+            P[idx + half, idx] = -1.0
+            P[idx, idx + half] = 1.0
+            mats = torch.diag_embed(cos.to(wide)) + P[None] * sin.to(wide)[:, None, :]  # [K, D, D]
+            self.rotations[dtype] = mats.permute(1, 0, 2).reshape(D, K * D).to(dtype).contiguous()
+        return self.rotations[dtype]
     # Diagnostics per selective block (sums over blocks): distinct (chunk, displacement) pairs and distinct
     # chunks per selection group, the work of the block is queries x chunks x w.
     stats: dict[str, Any] = field(default_factory=lambda: {"blocks": 0, "queries": 0, "pairs_sum": 0.0,
@@ -139,7 +158,14 @@ class LongHeads(Intervention):
     query_block: int | None = field(default=None, metadata={
         "help": "prefill queries per block (default: chunk_size)"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all)"})
+    prefill_selection: str = field(default="token", metadata={
+        "help": "'token': exact per-query selection at prefill (official); 'block': one selection per query block "
+                "from the block's mean raw query, except the last exact_tail prompt tokens"})
+    exact_tail: int = field(default=32, metadata={
+        "help": "with prefill_selection='block': last prompt tokens that still select per token"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
+    pair_stats: bool = field(default=False, metadata={
+        "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
 
     # ------------------------------------------------------------------ bind
     def bind(self, model: ModelInfo) -> SitePlan:
@@ -163,6 +189,11 @@ class LongHeads(Intervention):
         if isinstance(begin, bool) or not isinstance(begin, int) or begin < 0 or (trained and begin > trained):
             raise ConfigError("longheads.begin_selective", f"{begin!r} must be an integer in [0, trained length]",
                               f"0..{trained}" if trained else ">= 0")
+        if self.prefill_selection not in PREFILL_CHOICES:
+            raise ConfigError("longheads.prefill_selection", f"unknown value {self.prefill_selection!r}",
+                              PREFILL_CHOICES)
+        if isinstance(self.exact_tail, bool) or not isinstance(self.exact_tail, int) or self.exact_tail < 0:
+            raise ConfigError("longheads.exact_tail", f"expected an integer >= 0, got {self.exact_tail!r}", ">= 0")
         if self.gqa_selection not in GQA_CHOICES:
             raise ConfigError("longheads.gqa_selection", f"unknown value {self.gqa_selection!r}", GQA_CHOICES)
         qb = w if self.query_block is None else self.query_block
@@ -216,7 +247,8 @@ class LongHeads(Intervention):
         for b, n in enumerate(n_pad):
             if n and not bool(pad[b, :n].all()):
                 raise NotImplementedError("longheads supports left padding only (padding slots must come first)")
-        state = LongHeadsState(n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None)
+        state = LongHeadsState(n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None,
+                               count_pairs=self.trace or self.pair_stats)
         device = sample.input_ids.device
         w, K = self._w, self._K
         probe = torch.zeros(1, dtype=torch.float32, device=device)
@@ -374,16 +406,20 @@ class LongHeads(Intervention):
         exclude_self = (not self.include_self) and call.forward.is_prefill
         value_flat = call.value[b].reshape(-1, D)  # [Hkv * total, D]
         total = call.value.shape[2]
+        # prefill_selection="block": queries before the exact tail share one selection per block.
+        shared_until = positions_end - self.exact_tail if (self.prefill_selection == "block" and n_new > 1) else -1
         p = first_pos + n_stock
         while p < positions_end:
             c = p // w
             p_end = min(positions_end, (c + 1) * w, p + self._qb)
+            if p < shared_until < p_end:
+                p_end = shared_until
             sl = slice(p - first_pos, p_end - first_pos)
             qr = q_raw[sl].transpose(0, 1)  # [H, Qb, D]
             ql = self._local(state, q_raw[sl], p)  # [H, Qb, D]
             offs = torch.arange(p, p_end, device=qr.device) - c * w
             out[sl] = self._selective_block(state, row, qr, ql, c, offs, value_flat, total, n_pad,
-                                            call.scaling, exclude_self, b, call.layer, p)
+                                            call.scaling, exclude_self, b, call.layer, p, p_end <= shared_until)
             p = p_end
         return out
 
@@ -401,20 +437,27 @@ class LongHeads(Intervention):
             mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
         return sdpa_attention_forward(call.module, q, k, v, mask, scaling=call.scaling, **kwargs)[0][0]
 
-    def _select(self, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
-        """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups)."""
-        K = self._K
+    def _select(self, row: _Row, q_raw: torch.Tensor, c: int, shared: bool = False) -> torch.Tensor:
+        """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups).
+
+        ``shared``: one selection for the whole block, scored with the block's mean raw query.
+        """
+        K, Qb = self._K, q_raw.shape[1]
         cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
-        scores = torch.matmul(q_raw.to(cand.dtype), cand.transpose(1, 2))  # [H, Qb, c-2], raw query, no scale
+        q = q_raw.to(cand.dtype)
+        if shared:
+            q = q.mean(dim=1, keepdim=True)
+        scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
         if self.gqa_selection == "kv_head":
             scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
-        return torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
+        top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
+        return top.expand(-1, Qb, -1) if shared else top
 
     def _selective_block(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, q_loc: torch.Tensor, c: int,
                          offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
-                         exclude_self: bool, b: int, layer: int, p0: int) -> torch.Tensor:
-        """Exact per-query LongHeads attention for queries of chunk c (c ≥ K). Returns ``[Qb, H, D]``."""
-        top = self._select(row, q_raw, c)  # [G, Qb, K-3]
+                         exclude_self: bool, b: int, layer: int, p0: int, shared: bool = False) -> torch.Tensor:
+        """LongHeads attention for queries of chunk c (c ≥ K), per-query selections. Returns ``[Qb, H, D]``."""
+        top = self._select(row, q_raw, c, shared)  # [G, Qb, K-3]
         G, Qb = top.shape[:2]
         sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
@@ -455,21 +498,21 @@ class LongHeads(Intervention):
         d_of_rank = (K - 1) - torch.arange(K - 1, device=dev)
         dq = torch.full((G, U, Qb), -1, dtype=torch.long, device=dev)  # -1: the query did not select the chunk
         dq.scatter_(1, u_idx.transpose(1, 2), d_of_rank[None, :, None].expand(G, K - 1, Qb))
-        # 2. Rotated query variants R(d·w)·q_loc, d = 0..K-1, gathered per (chunk, query).
-        cos, sin = state.rope_disp
-        qf = q_loc.to(torch.promote_types(q_loc.dtype, torch.float32))
-        qrot = (qf[:, :, None] * cos.to(qf.dtype) + rotate_half(qf)[:, :, None] * sin.to(qf.dtype)).to(q_loc.dtype)
-        qrot = qrot.view(G, r, Qb, K, D).permute(0, 3, 1, 2, 4).reshape(G, K, R, D)
-        dq_rows = dq[:, :, None, :].expand(G, U, r, Qb).reshape(G, U, R)
-        rows = torch.gather(qrot, 1, dq_rows.clamp_min(0)[..., None].expand(G, U, R, D))  # [G, U, R, D]
+        # 2. Rotated query variants R(d·w)·q_loc for d = 0..K-1, as one matmul with the stacked rotation matrices
+        #    (a rotation is linear: far cheaper on CPU than elementwise RoPE over K variants), then the variant
+        #    each (chunk, query) needs, gathered row by row.
+        qrot = torch.matmul(q_loc.reshape(H * Qb, D), state.rotation(q_loc.dtype)).view(H * Qb * K, D)
+        heads = torch.arange(G, device=dev)[:, None] * r + torch.arange(r, device=dev)  # [G, r]
+        row_idx = ((heads[:, None, :, None] * Qb + torch.arange(Qb, device=dev)) * K
+                   + dq.clamp_min(0)[:, :, None, :])  # [G, U, r, Qb]
+        rows = qrot.index_select(0, row_idx.reshape(-1)).view(G * U, 1, R, D)
         # 3. Keys (locally rotated, from the state) and values (from the model's cache) of the used chunks.
         kv_of_group = torch.arange(G, device=dev) // (G // self._num_kv)
         pos = order[:, :, None] * w + torch.arange(w, device=dev)  # [G, U, w], complete chunks only
         cap = row.k_loc.shape[1]
         keys = row.k_loc.reshape(-1, D).index_select(0, (kv_of_group[:, None, None] * cap + pos).reshape(-1))
         vals = value_flat.index_select(0, (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1))
-        out_p, lse_p = _sdpa_lse(rows.view(G * U, 1, R, D), keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D),
-                                 None, scaling)
+        out_p, lse_p = _sdpa_lse(rows, keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D), None, scaling)
         # 4. The current chunk (d = 0, causal; without the query itself when include_self=False at prefill).
         cpos = (c * w + torch.arange(w, device=dev)).clamp_max(row.length - 1)  # future slots: masked
         ck = row.k_loc.index_select(1, cpos)[kv_of_group]  # [G, w, D]
@@ -479,20 +522,26 @@ class LongHeads(Intervention):
         cmask = torch.zeros(Qb, w, dtype=q_loc.dtype, device=dev).masked_fill(~allowed, torch.finfo(q_loc.dtype).min)
         out_c, lse_c = _sdpa_lse(q_loc.view(G, 1, R, D), ck[:, None], cv[:, None],
                                  cmask.repeat(r, 1)[None, None], scaling)
-        # 5. Exact merge of the partial attentions with their log-sum-exps.
-        lse = torch.cat([lse_p.view(G, U, R).masked_fill(dq_rows < 0, float("-inf")), lse_c.view(G, 1, R)], dim=1)
-        lse = lse.float()
-        wts = torch.exp(lse - lse.amax(dim=1, keepdim=True))  # [G, U+1, R]
-        parts = torch.cat([out_p.view(G, U, R, D), out_c.view(G, 1, R, D)], dim=1)
-        merged = torch.einsum("gur,gurd->grd", wts, parts.float()) / wts.sum(dim=1)[..., None]
+        # 5. Exact merge of the partial attentions with their log-sum-exps (weight 0 where a query did not select
+        #    the chunk), as flash attention merges key blocks.
+        acc = torch.promote_types(q_loc.dtype, torch.float32)
+        valid = (dq >= 0)[:, :, None, :].expand(G, U, r, Qb).reshape(G, U, R)
+        lse_p = lse_p.view(G, U, R).to(acc).masked_fill(~valid, float("-inf"))
+        lse_c = lse_c.view(G, R).to(acc)
+        top = torch.maximum(lse_p.amax(dim=1), lse_c)  # [G, R]
+        wp = torch.exp(lse_p - top[:, None])
+        wc = torch.exp(lse_c - top)
+        merged = torch.einsum("gur,gurd->grd", wp, out_p.view(G, U, R, D).to(acc))
+        merged = (merged + wc[..., None] * out_c.view(G, R, D).to(acc)) / (wp.sum(dim=1) + wc)[..., None]
         st = state.stats
         st["blocks"] += 1
         st["queries"] += Qb
-        n_pairs = 1 + _distinct_per_row(dq)  # + the current chunk
-        st["pairs_sum"] += n_pairs
         st["chunks_sum"] += U + 1
-        st["pairs_max"] = max(st["pairs_max"], n_pairs)
         st["chunks_max"] = max(st["chunks_max"], U + 1)
+        if state.count_pairs:  # distinct (chunk, displacement) pairs: diagnostics only (a sort per block)
+            n_pairs = 1 + _distinct_per_row(dq)
+            st["pairs_sum"] += n_pairs
+            st["pairs_max"] = max(st["pairs_max"], n_pairs)
         return merged.to(q_loc.dtype).view(G, r, Qb, D).reshape(H, Qb, D).transpose(0, 1)
 
 

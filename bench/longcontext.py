@@ -1,0 +1,363 @@
+"""Benchmark of issue 6 (long context) on SmolLM2-135M-Instruct: stock vs dynamic NTK vs LongHeads.
+
+    python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10
+    python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10
+    python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k
+    python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill time + peak memory
+    python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
+    python bench/longcontext.py summary                                     # -> bench/results/longcontext.json
+
+Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
+``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
+head). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
+the shared eval runner (``runs/longcontext/<phase>/<method>/...``, git-ignored, resumable: a killed run continues
+where it stopped with ``--resume``, the default here); ``summary`` collects them, with every per-sample record,
+into ``bench/results/longcontext.json``.
+
+Timing protocol (``cost``): every measurement runs in a fresh process (so peak RSS is that run's own, not the
+allocator's memory of an earlier run), methods alternate within each repetition, and the report gives medians
+and the per-repetition paired ratios. The machine is shared (2 cores, no GPU): absolute seconds are indicative,
+ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = ROOT / "runs" / "longcontext"
+RESULT = ROOT / "bench" / "results" / "longcontext.json"
+COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
+PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
+METHODS = ("stock", "ntk", "longheads")
+MODEL = "smollm2"
+
+
+def int_list(text: str) -> list[int]:
+    from hookkit.cli.eval_longctx import int_list as parse
+
+    return parse(text)
+
+
+def setup(threads: int, dtype: str) -> str:
+    import torch
+
+    from hookkit.cli.eval_longctx import resolve_dtype
+
+    torch.set_num_threads(threads)
+    return resolve_dtype(dtype)
+
+
+def load(method: str, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
+    import hookkit
+    from hookkit.cli.eval_longctx import rope_parameters
+
+    rope = rope_parameters(MODEL, ("dynamic", 2.0)) if method == "ntk" else None
+    model, tok = hookkit.load(MODEL, dtype=dtype, **({"rope_parameters": rope} if rope else {}))
+    import torch
+
+    info = {"model": MODEL, "dtype": dtype, "device": "cpu", "rope_parameters": rope,
+            "torch_threads": torch.get_num_threads(), "method": method}
+    return model, tok, info
+
+
+def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
+    from hookkit.core.recipe import Recipe
+
+    return Recipe.single("longheads", params or {}) if method == "longheads" else None
+
+
+def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path,
+             limit: int | None = None) -> dict[str, Any]:
+    import contextlib
+
+    import hookkit
+    from hookkit.evals.runner import evaluate
+
+    recipe = recipe_for(method)
+    intervention = None if recipe is None else {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
+    task.model = model
+    with hookkit.attach(model, recipe) if recipe is not None else contextlib.nullcontext():
+        return evaluate(task, output_dir=out, model_info=info, intervention=intervention, seed=0, resume=True,
+                        limit=limit, cli_args={"argv": sys.argv})
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def phase_passkey(args: argparse.Namespace) -> None:
+    from hookkit.evals.passkey_task import PasskeyTask
+
+    dtype = setup(args.threads, args.dtype)
+    for method in args.methods.split(","):
+        model, tok, info = load(method, dtype)
+        for length in args.lengths:
+            task = PasskeyTask(tok, [length], args.trials, trial_seed=0)
+            out = RUNS / "passkey" / method / f"len{length}"
+            res = run_task(task, model, info, method, out, limit=args.limit)
+            cell = res["results"]["passkey"]["cells,none"][f"len{length}"]
+            print(f"passkey {method:>9} {length:>6}: {cell['accuracy']:.2f} over {cell['n']} trials, prefill "
+                  f"{cell['prefill_s_median']:.1f} s (median)", flush=True)
+        del model
+
+
+def phase_longppl(args: argparse.Namespace) -> None:
+    from hookkit.evals.longppl import LongPPLTask
+
+    dtype = setup(args.threads, args.dtype)
+    for method in args.methods.split(","):
+        model, tok, info = load(method, dtype)
+        task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window)
+        res = run_task(task, model, info, method, RUNS / "longppl" / method / f"n{args.max_tokens[0]}")
+        ppl = [round(w["ppl"], 2) for w in res["results"]["longppl"]["windows,none"]]
+        print(f"longppl {method}: {ppl}", flush=True)
+        del model
+
+
+def _measure(args: argparse.Namespace) -> None:
+    """One prefill in this (fresh) process; prints a JSON line."""
+    import torch
+
+    import hookkit
+    from hookkit.evals.passkey import build_passkey_prompt
+    from hookkit.evals.passkey_task import PeakMemory, _rss_bytes
+
+    dtype = setup(args.threads, args.dtype)
+    model, tok, _ = load(args.method, dtype)
+    prompt = build_passkey_prompt(tok, args.length[0], 0.5, 12345)
+    ids = torch.tensor([prompt.input_ids])
+    recipe = recipe_for(args.method)
+    session = hookkit.attach(model, recipe) if recipe is not None else None
+    base = _rss_bytes()
+    with PeakMemory() as mem, torch.no_grad():
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        prefill = time.perf_counter() - t0
+    del out
+    if session is not None:
+        session.detach()
+    print(json.dumps({"method": args.method, "length": args.length[0], "prefill_s": prefill,
+                      "peak_rss_bytes": mem.peak_rss, "baseline_rss_bytes": base,
+                      "peak_increase_bytes": (mem.peak_rss or 0) - (base or 0)}), flush=True)
+
+
+def phase_cost(args: argparse.Namespace) -> None:
+    """Prefill time and peak memory, stock sdpa vs LongHeads, fresh process per measurement, alternating."""
+    rows: list[dict[str, Any]] = []
+    if COST_FILE.exists() and args.resume:
+        rows = json.loads(COST_FILE.read_text()).get("runs", [])
+    methods = args.methods.split(",")
+    for rep in range(args.repeats):
+        for length in args.lengths:
+            order = methods if rep % 2 == 0 else methods[::-1]
+            for method in order:
+                done = [r for r in rows if r["method"] == method and r["length"] == length]
+                if len(done) > rep:
+                    continue
+                cmd = [sys.executable, __file__, "_measure", "--method", method, "--length", str(length),
+                       "--threads", str(args.threads), "--dtype", args.dtype]
+                res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=True)
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                row["repetition"] = rep
+                rows.append(row)
+                print(f"cost rep {rep} {method:>9} {length:>6}: prefill {row['prefill_s']:.1f} s, peak RSS "
+                      f"{row['peak_rss_bytes'] / 1e9:.2f} GB (+{row['peak_increase_bytes'] / 1e9:.2f})", flush=True)
+                _write(COST_FILE, {"runs": rows, "machine": machine(), "threads": args.threads, "dtype": args.dtype})
+
+
+def phase_pairs(args: argparse.Namespace) -> None:
+    """Distinct (chunk, displacement) pairs and distinct chunks per 256-query block, passkey filler and KJV."""
+    import torch
+
+    import hookkit
+    from hookkit.evals.corpus import load_kjv_text
+    from hookkit.evals.passkey import build_passkey_prompt
+    from hookkit.methods.longheads import LongHeads
+
+    dtype = setup(args.threads, args.dtype)
+    model, tok, _ = load("stock", dtype)
+    n = args.length[0]
+    texts = {"passkey": build_passkey_prompt(tok, n, 0.5, 12345).input_ids,
+             "kjv": tok(load_kjv_text()[: 8 * n])["input_ids"][:n]}
+    out = {}
+    for name, ids in texts.items():
+        iv = LongHeads(pair_stats=True)
+        with hookkit.attach(model, iv) as s, torch.no_grad():
+            model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+            st = dict(s.states[iv].stats)
+        out[name] = {"tokens": len(ids), "blocks": st["blocks"], "queries": st["queries"],
+                     "pairs_per_block_mean": st["pairs_sum"] / st["blocks"], "pairs_per_block_max": st["pairs_max"],
+                     "chunks_per_block_mean": st["chunks_sum"] / st["blocks"], "chunks_per_block_max":
+                     st["chunks_max"], "K": iv._K}
+        print(name, out[name], flush=True)
+    _write(PAIRS_FILE, {"length": n, "per_text": out, "machine": machine()})
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from hookkit.cli.eval_longctx import cpu_has_fast_bf16
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(), "native_bf16": cpu_has_fast_bf16(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__}
+
+
+def _write(path: Path, obj: Any) -> None:
+    from hookkit.evals.schema import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, obj)
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def phase_summary(args: argparse.Namespace) -> None:
+    from hookkit.evals.runner import read_jsonl
+
+    summary: dict[str, Any] = {"machine": machine(), "passkey": {}, "longppl": {}, "cost": None, "pairs": None,
+                               "commands": COMMANDS}
+    for method in METHODS:
+        for folder in sorted((RUNS / "passkey" / method).glob("len*")):
+            samples = folder / "samples_passkey.jsonl"
+            logs = [samples] if samples.exists() else sorted(folder.glob("samples_passkey.rank*.jsonl"))
+            recs = [r for p in logs for r in read_jsonl(p)[0] if not r.get("error")]
+            if not recs:
+                continue
+            length = int(folder.name[3:])
+            summary["passkey"].setdefault(method, {})[str(length)] = {
+                "trials": len(recs), "correct": sum(bool(r["correct"]) for r in recs),
+                "accuracy": sum(bool(r["correct"]) for r in recs) / len(recs),
+                "prefill_s_median": _median([r["_prefill_s"] for r in recs]),
+                "decode_tok_s_median": _median([r["_decode_tok_s"] for r in recs if r.get("_decode_tok_s")]),
+                "peak_rss_bytes_max": max((r["_peak_rss_bytes"] or 0) for r in recs),
+                "records": recs}
+        for folder in sorted((RUNS / "longppl" / method).glob("n*")):
+            res_file = folder / "results_longppl.json"
+            if res_file.exists():
+                res = json.loads(res_file.read_text())["results"]["longppl"]
+                summary["longppl"][method] = {"max_tokens": int(folder.name[1:]), "windows": res["windows,none"],
+                                              "forward_s": res["forward_s_median,none"],
+                                              "peak_rss_bytes": res["peak_rss_bytes_max,none"]}
+    if COST_FILE.exists():
+        cost = json.loads(COST_FILE.read_text())
+        table: dict[str, Any] = {}
+        for length in sorted({r["length"] for r in cost["runs"]}):
+            per = {m: [r for r in cost["runs"] if r["length"] == length and r["method"] == m] for m in METHODS}
+            entry: dict[str, Any] = {}
+            for m, rs in per.items():
+                if rs:
+                    entry[m] = {"prefill_s_median": _median([r["prefill_s"] for r in rs]),
+                                "peak_rss_bytes_median": _median([r["peak_rss_bytes"] for r in rs]),
+                                "peak_increase_bytes_median": _median([r["peak_increase_bytes"] for r in rs]),
+                                "n": len(rs)}
+            if "stock" in entry and "longheads" in entry:
+                pairs = [(a["prefill_s"], b["prefill_s"]) for a in per["stock"] for b in per["longheads"]
+                         if a["repetition"] == b["repetition"]]
+                entry["prefill_ratio_of_medians"] = entry["longheads"]["prefill_s_median"] / entry["stock"][
+                    "prefill_s_median"]
+                entry["prefill_ratio_per_repetition"] = [b / a for a, b in pairs]
+            table[str(length)] = entry
+        summary["cost"] = {"per_length": table, "runs": cost["runs"], "threads": cost.get("threads"),
+                           "dtype": cost.get("dtype")}
+    if PAIRS_FILE.exists():
+        summary["pairs"] = json.loads(PAIRS_FILE.read_text())
+    _write(RESULT, summary)
+    print(markdown(summary))
+
+
+def markdown(s: dict[str, Any]) -> str:
+    lines = ["| method | " + " | ".join(f"{n // 1024}k" for n in _lengths(s)) + " |",
+             "|---|" + "---|" * len(_lengths(s))]
+    for m in METHODS:
+        cells = []
+        for n in _lengths(s):
+            c = s["passkey"].get(m, {}).get(str(n))
+            cells.append("–" if c is None else f"{c['correct']}/{c['trials']}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| method | length | prefill s (median) | decode tok/s (median) | peak RSS GB |")
+    lines.append("|---|---|---|---|---|")
+    for m in METHODS:
+        for n in _lengths(s):
+            c = s["passkey"].get(m, {}).get(str(n))
+            if c:
+                dec = "–" if c["decode_tok_s_median"] is None else f"{c['decode_tok_s_median']:.2f}"
+                lines.append(f"| {m} | {n} | {c['prefill_s_median']:.1f} | {dec} | "
+                             f"{c['peak_rss_bytes_max'] / 1e9:.2f} |")
+    if s["longppl"]:
+        wins = max((len(v["windows"]) for v in s["longppl"].values()), default=0)
+        lines.append("")
+        lines.append("| window | " + " | ".join(s["longppl"]) + " |")
+        lines.append("|---|" + "---|" * len(s["longppl"]))
+        for k in range(wins):
+            row = []
+            for v in s["longppl"].values():
+                w = v["windows"][k] if k < len(v["windows"]) else None
+                row.append("–" if w is None else f"{w['ppl']:.2f}")
+            first = next(iter(s["longppl"].values()))["windows"][k]
+            lines.append(f"| {first['start']}–{first['end']} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _lengths(s: dict[str, Any]) -> list[int]:
+    return sorted({int(n) for per in s["passkey"].values() for n in per})
+
+
+COMMANDS = [
+    "python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10",
+    "python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10",
+    "python bench/longcontext.py passkey --methods stock --lengths 16k,32k --trials 3",
+    "python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k",
+    "python bench/longcontext.py cost --lengths 8k,16k --repeats 3",
+    "python bench/longcontext.py pairs --length 16k",
+    "python bench/longcontext.py summary",
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=("passkey", "longppl", "cost", "pairs", "summary", "_measure"))
+    p.add_argument("--methods", default="stock,ntk,longheads")
+    p.add_argument("--method", default="stock")
+    p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--limit", type=int, default=None, help="run only the first N trials now (resume adds the rest)")
+    p.add_argument("--max-tokens", type=int_list, default=[32768])
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on this shared 2-core machine 2 threads were slower)")
+    p.add_argument("--dtype", default="fast")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    args = p.parse_args()
+    if args.phase == "_measure":
+        args.length = args.lengths
+        _measure(args)
+        return
+    {"passkey": phase_passkey, "longppl": phase_longppl, "cost": phase_cost, "pairs": phase_pairs,
+     "summary": phase_summary}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()

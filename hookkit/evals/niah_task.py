@@ -1,0 +1,179 @@
+"""Needle in a haystack as an :class:`~hookkit.evals.runner.EvalTask`: a length × depth grid, two scorers, heatmap.
+
+Protocol: eval-protocols.md §6.2 (the offline HF variant): needle ``"\\nThe best thing to do in San Francisco is
+eat a sandwich and sit in Dolores Park on a sunny day.\\n"``, question ``"What is the best thing to do in San
+Francisco?"``, the ``<|im_start|> This is a very long story book: <book> {context} </book>. ...`` prompt, greedy
+decoding with ``max_new_tokens=50``, the response decoded without special tokens and stripped, scored by
+ROUGE-1 F × 10 (``rouge-score``, stemmer on). hookkit adds an exact-substring scorer (the needle's key phrase,
+case- and whitespace-insensitive). The haystack is the shipped public-domain KJV text (provenance in
+``hookkit/evals/data/PROVENANCE.md``; no network), and every prompt is built to an exact token count
+(:func:`hookkit.evals.niah.build_niah_prompt`).
+
+One sample per (length, depth) cell, so ``--resume`` resumes per cell. :func:`write_heatmaps` draws the §6.1
+heatmaps (ROUGE and substring) from the per-sample records (needs matplotlib, the ``plots`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hookkit.evals.corpus import KJV_RESOURCE, KJV_SHA256, corpus_sha256, load_kjv_text
+from hookkit.evals.niah import (
+    NEEDLE,
+    NEEDLE_ANSWER,
+    PROMPT_TEMPLATE,
+    QUESTION,
+    build_niah_prompt,
+    plot_niah_heatmap,
+    rouge1_x10,
+    substring_score,
+)
+from hookkit.evals.passkey_task import cell_summary, eos_ids, greedy_generate
+from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
+from hookkit.evals.schema import mean_stderr
+
+__all__ = ["NIAH_MAX_NEW_TOKENS", "NiahTask", "write_heatmaps"]
+
+logger = logging.getLogger(__name__)
+
+NIAH_MAX_NEW_TOKENS = 50  # §6.2: generate(input_ids, max_new_tokens=50)
+
+
+class NiahTask(EvalTask):
+    """Needle in a haystack over a length × depth grid (eval-protocols.md §6.2).
+
+    Args:
+        tokenizer: the model's tokenizer (prompts are sized with it; the whole prompt has exactly ``length`` tokens).
+        lengths: context lengths in tokens (the grid's "Token Limit").
+        depths: needle depths in percent (0-100).
+        haystack: haystack text; default the shipped KJV.
+        haystack_name: how the haystack is named in ``data_files``.
+        max_new_tokens: greedy budget (§6.2: 50).
+    """
+
+    name = "niah"
+    version = "1"
+
+    def __init__(self, tokenizer: Any, lengths: Sequence[int], depths: Sequence[float], *,
+                 haystack: str | None = None, haystack_name: str | None = None,
+                 max_new_tokens: int = NIAH_MAX_NEW_TOKENS) -> None:
+        if not lengths or not depths:
+            raise ValueError("lengths and depths must not be empty")
+        for d in depths:
+            if not 0 <= d <= 100:
+                raise ValueError(f"depth percents must lie in [0, 100], got {d}")
+        self.tokenizer = tokenizer
+        self.lengths = [int(n) for n in lengths]
+        self.depths = [float(d) for d in depths]
+        self.shipped = haystack is None
+        self.haystack = load_kjv_text() if haystack is None else haystack
+        self.haystack_name = haystack_name or (f"hookkit/evals/data/{KJV_RESOURCE}" if self.shipped else "haystack")
+        self.max_new_tokens = int(max_new_tokens)
+        self.model: Any = None
+
+    def samples(self) -> list[Sample]:
+        """One sample per cell, lengths outer and depths inner (the §6.1 loop order)."""
+        return [{"sample_id": f"len{n}-depth{d:g}", "context_length": n, "depth_percent": d}
+                for n in self.lengths for d in self.depths]
+
+    def predict(self, batch: list[Sample]) -> list[Record]:
+        if self.model is None:
+            raise RuntimeError("NiahTask.model is not set")
+        return [self.predict_one(s) for s in batch]
+
+    def predict_one(self, sample: Sample) -> Record:
+        try:
+            prompt = build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
+                                       haystack=self.haystack)
+        except (ValueError, RuntimeError) as exc:
+            raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
+        timing = greedy_generate(self.model, prompt.input_ids, self.max_new_tokens,
+                                 eos_ids(self.tokenizer, self.model))
+        response = self.tokenizer.decode(timing.new_ids, skip_special_tokens=True).strip()
+        rec = prompt.to_record()
+        return {
+            "sample_id": sample["sample_id"],
+            "context_length": int(sample["context_length"]),
+            "depth_percent": float(sample["depth_percent"]),
+            "n_tokens": prompt.n_tokens,
+            "exact_length": prompt.exact,
+            "actual_depth_percent": prompt.actual_depth_percent,
+            "needle_token_span": rec["needle_token_span"],
+            "prompt_sha256": rec["prompt_sha256"],
+            "response": response,
+            "score": rouge1_x10(response),
+            "substring": substring_score(response),
+            **timing.record_fields(),
+        }
+
+    def aggregate(self, records: list[Record]) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        score, err = mean_stderr([float(r["score"]) for r in records])
+        metrics["rouge1_x10"], metrics["rouge1_x10_stderr"] = score, (math.nan if err is None else err)
+        metrics["substring_accuracy"] = mean_stderr([float(bool(r["substring"])) for r in records])[0]
+        per_length: dict[str, Any] = {}
+        for n in sorted({int(r["context_length"]) for r in records}):
+            recs = [r for r in records if int(r["context_length"]) == n]
+            summ = cell_summary(recs, "substring")
+            summ["substring_accuracy"] = summ.pop("accuracy")
+            summ.pop("accuracy_stderr")
+            summ["rouge1_x10"] = mean_stderr([float(r["score"]) for r in recs])[0]
+            per_length[str(n)] = summ
+            metrics[f"len{n}/rouge1_x10"] = summ["rouge1_x10"]
+            metrics[f"len{n}/substring_accuracy"] = summ["substring_accuracy"]
+            for key in ("prefill_s_median", "decode_tok_s_median", "peak_rss_bytes_max"):
+                metrics[f"len{n}/{key}"] = math.nan if summ[key] is None else float(summ[key])
+        metrics["per_length"] = per_length
+        metrics["grid"] = [{"context_length": r["context_length"], "depth_percent": r["depth_percent"],
+                            "score": r["score"], "substring": bool(r["substring"])} for r in records]
+        return metrics
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "protocol": "eval-protocols.md §6.2 (offline HF variant); exact token budgets; KJV haystack",
+            "prompt_template": PROMPT_TEMPLATE,
+            "needle": NEEDLE,
+            "question": QUESTION,
+            "substring_answer": NEEDLE_ANSWER,
+            "lengths": self.lengths,
+            "depth_percents": self.depths,
+            "length_counts": "whole prompt (template + context + question), tokenised as the model sees it",
+            "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "skip_special_tokens": True},
+            "scorers": ["rouge1_x10 (rouge-score rouge1 F, use_stemmer=True, x10)", "substring (key phrase)"],
+        }
+
+    def data_files(self) -> list[dict[str, Any]]:
+        entry: dict[str, Any] = {"path": self.haystack_name, "sha256": corpus_sha256(self.haystack),
+                                 "role": "haystack"}
+        if self.shipped:
+            entry["version"] = "Debian bible-kjv-text 4.38 (public domain); see hookkit/evals/data/PROVENANCE.md"
+            entry["expected_sha256"] = KJV_SHA256
+        return [entry]
+
+    def higher_is_better(self) -> dict[str, bool]:
+        return {"rouge1_x10": True, "substring_accuracy": True}
+
+
+def write_heatmaps(records: Sequence[Mapping[str, Any]], output_dir: str | Path, *,
+                   title: str | None = None) -> list[Path]:
+    """``niah_heatmap_rouge.png`` (0-10) and ``niah_heatmap_substring.png`` (0-1), each with its JSON pivot.
+
+    Returns the written PNG paths; an empty list (with a warning) when matplotlib is not installed.
+    """
+    cells = [r for r in records if not r.get("error")]
+    if not cells:
+        return []
+    out = Path(output_dir)
+    try:
+        png_r, _ = plot_niah_heatmap(cells, out / "niah_heatmap_rouge.png", value_key="score", title=title)
+        sub = [{**c, "substring": float(bool(c["substring"]))} for c in cells]
+        png_s, _ = plot_niah_heatmap(sub, out / "niah_heatmap_substring.png", value_key="substring", title=title,
+                                     vmax=1.0)
+    except ImportError as exc:
+        logger.warning("no NIAH heatmap: %s", exc)
+        return []
+    return [png_r, png_s]

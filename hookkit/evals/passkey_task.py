@@ -1,0 +1,348 @@
+"""Passkey retrieval as an :class:`~hookkit.evals.runner.EvalTask`, plus the timed greedy decoder shared by the
+long-context tasks (passkey, NIAH).
+
+Protocol: eval-protocols.md §5. The prompt is the Landmark-attention prompt (§5.1 texts, byte for byte) built to an
+exact token count for the model's tokenizer (:func:`hookkit.evals.passkey.build_passkey_prompt`, §5.4). Depth and
+key come from :func:`hookkit.evals.passkey.sample_trial` (LongHeads seeding rule, §5.3: seed = trial_seed + trial
+index + length, fresh numpy generator per trial), or the depth is fixed (``depths``). Decoding is greedy with the
+raw prompt (no chat template). The score is the Landmark rule (§5.2): the first run of digits in the
+continuation equals the key; the LongHeads exact-token rule (§5.3, SmolLM2 fix: ids of ``" " + K``) is recorded as
+a second metric.
+
+Per sample the record holds the prompt metadata (token count, depth, needle token span, whether the needle
+straddles a 256-token chunk boundary), the continuation, both scores, and the volatile timing/memory fields
+``_prefill_s``, ``_decode_s``, ``_decode_tok_s``, ``_peak_rss_bytes`` (``_cuda_peak_bytes`` on GPU). Per length
+(one cell per length, or per (length, depth) with fixed depths) the task reports accuracy, median prefill seconds,
+median decode tokens/s and the peak memory.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hookkit.evals.passkey import (
+    FILLER_UNIT,
+    NEEDLE_TEMPLATE,
+    QUESTION,
+    TASK_DESCRIPTION,
+    build_passkey_prompt,
+    passkey_answer_ids,
+    sample_trial,
+    score_exact_tokens,
+    score_first_number,
+)
+from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
+from hookkit.evals.schema import mean_stderr
+
+__all__ = ["GenerationTiming", "PeakMemory", "PasskeyTask", "greedy_generate", "cell_summary"]
+
+#: Enough for " " + 5 digits + "." with SmolLM2's one-token digits (§5.3: LongHeads uses len(answer ids)).
+PASSKEY_MAX_NEW_TOKENS = 8
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    import os as _os
+
+    _PAGE = _os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+    _PAGE = 4096
+
+
+class PeakMemory:
+    """Peak memory of one measured region: resident set size sampled every ``interval`` seconds by a thread,
+    and ``torch.cuda.max_memory_allocated`` (reset on entry) on GPU.
+
+    The process-wide high-water mark (``ru_maxrss``) cannot be reset without also resetting what the runner
+    reports for the whole run, so per-sample peaks are sampled; allocations shorter than the interval can be
+    missed (torch's attention buffers live for milliseconds or more at these lengths).
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak_rss: int | None = None
+        self.cuda_peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            rss = _rss_bytes()
+            if rss is not None and (self.peak_rss is None or rss > self.peak_rss):
+                self.peak_rss = rss
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+        self.peak_rss = _rss_bytes()
+        self._thread = threading.Thread(target=self._poll, name="hookkit-peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        rss = _rss_bytes()
+        if rss is not None and (self.peak_rss is None or rss > self.peak_rss):
+            self.peak_rss = rss
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.cuda_peak = int(sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())))
+
+
+@dataclass
+class GenerationTiming:
+    new_ids: list[int]
+    prefill_s: float  # one forward over the prompt (produces the first new token)
+    decode_s: float  # the cached forwards that produced the other new tokens
+    peak_rss_bytes: int | None
+    cuda_peak_bytes: int | None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        n = len(self.new_ids) - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else None
+
+    def record_fields(self) -> dict[str, Any]:
+        """Volatile (``_``-prefixed, excluded from the task hash) timing and memory fields of a record."""
+        out: dict[str, Any] = {"_prefill_s": self.prefill_s, "_decode_s": self.decode_s,
+                               "_decode_tok_s": self.decode_tok_s, "_peak_rss_bytes": self.peak_rss_bytes}
+        if self.cuda_peak_bytes is not None:
+            out["_cuda_peak_bytes"] = self.cuda_peak_bytes
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new_tokens: int,
+                    eos_token_ids: Iterable[int] = ()) -> GenerationTiming:
+    """Greedy decoding of one prompt with prefill and decode timed separately (batch 1, KV cache).
+
+    The prefill asks for the last position's logits only (``logits_to_keep=1``: at 32k tokens the full logits of
+    a 49k vocabulary would take gigabytes; transformers-v5.md §9.1). Stops early at an EOS id. Works with any
+    attached hookkit session (every forward goes through the model's own ``forward``).
+    """
+    from hookkit.models.base import model_device
+
+    device = model_device(model)
+    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor([list(input_ids)], dtype=torch.long)
+    ids = ids.to(device)
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"greedy_generate takes one prompt, got input_ids of shape {tuple(ids.shape)}")
+    eos = {int(t) for t in eos_token_ids}
+    new: list[int] = []
+    with PeakMemory() as mem, torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1)
+        new.append(int(nxt))
+        _sync(device)
+        prefill_s = time.perf_counter() - t0
+        cache = out.past_key_values
+        del out
+        t1 = time.perf_counter()
+        while len(new) < max_new_tokens and new[-1] not in eos:
+            out = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1)
+            new.append(int(nxt))
+            cache = out.past_key_values
+        _sync(device)
+        decode_s = time.perf_counter() - t1
+        del cache
+    return GenerationTiming(new, prefill_s, decode_s, mem.peak_rss, mem.cuda_peak)
+
+
+def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """EOS ids from the generation config (may be a list) or the tokenizer."""
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    value = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if value is None:
+        value = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(value, int):
+        ids.append(value)
+    elif isinstance(value, (list, tuple)):
+        ids.extend(int(v) for v in value)
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def cell_summary(records: Sequence[Mapping[str, Any]], key: str = "correct") -> dict[str, Any]:
+    """Accuracy (mean of ``key``), n, median prefill seconds, median decode tokens/s and max peak memory."""
+    vals = [float(bool(r[key])) for r in records]
+    acc, err = mean_stderr(vals)
+    pre = [float(r["_prefill_s"]) for r in records if isinstance(r.get("_prefill_s"), (int, float))]
+    dec = [float(r["_decode_tok_s"]) for r in records if isinstance(r.get("_decode_tok_s"), (int, float))]
+    rss = [int(r["_peak_rss_bytes"]) for r in records if isinstance(r.get("_peak_rss_bytes"), int)]
+    cuda = [int(r["_cuda_peak_bytes"]) for r in records if isinstance(r.get("_cuda_peak_bytes"), int)]
+    return {"n": len(records), "accuracy": acc if vals else None, "accuracy_stderr": err,
+            "prefill_s_median": _median(pre), "decode_tok_s_median": _median(dec),
+            "peak_rss_bytes_max": max(rss) if rss else None, "cuda_peak_bytes_max": max(cuda) if cuda else None}
+
+
+def _num(value: Any) -> float:
+    """Metrics must be numbers: None (a measurement that did not happen) becomes NaN."""
+    return math.nan if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------- the task
+class PasskeyTask(EvalTask):
+    """Passkey retrieval at exact token lengths (eval-protocols.md §5).
+
+    Args:
+        tokenizer: the model's tokenizer (prompts are sized with it).
+        lengths: prompt lengths in tokens.
+        trials: trials per cell.
+        trial_seed: base seed of the trial draws (§5.3 rule: trial_seed + trial index + length).
+        depths: fixed needle depths (fractions of the filler); None samples the depth per trial.
+        max_new_tokens: greedy budget (the first number of the continuation is scored).
+        rng: ``"numpy"`` (LongHeads draws) or ``"python"`` (Landmark draws, seeded).
+        chunk_size: chunk size for the recorded ``needle_split`` flag (LongHeads' ``is_split``, §5.3).
+    """
+
+    name = "passkey"
+    version = "1"
+
+    def __init__(self, tokenizer: Any, lengths: Sequence[int], trials: int, *, trial_seed: int = 0,
+                 depths: Sequence[float] | None = None, max_new_tokens: int = PASSKEY_MAX_NEW_TOKENS,
+                 rng: str = "numpy", chunk_size: int = 256) -> None:
+        if not lengths:
+            raise ValueError("lengths is empty")
+        if trials < 1:
+            raise ValueError(f"trials must be >= 1, got {trials}")
+        for d in depths or ():
+            if not 0.0 <= d <= 1.0:
+                raise ValueError(f"depths must lie in [0, 1], got {d}")
+        if rng not in ("numpy", "python"):
+            raise ValueError(f"rng must be 'numpy' or 'python', got {rng!r}")
+        self.tokenizer = tokenizer
+        self.lengths = [int(n) for n in lengths]
+        self.trials = int(trials)
+        self.trial_seed = int(trial_seed)
+        self.depths = None if depths is None else [float(d) for d in depths]
+        self.max_new_tokens = int(max_new_tokens)
+        self.rng = rng
+        self.chunk_size = int(chunk_size)
+        self.model: Any = None  # set by the caller before evaluate()
+
+    # -------------------------------------------------------------- samples
+    def samples(self) -> list[Sample]:
+        """Trials in the order length-major, then depth, then trial index (``--limit`` keeps the short ones)."""
+        out: list[Sample] = []
+        for length in self.lengths:
+            for depth in self.depths if self.depths is not None else [None]:
+                for j in range(self.trials):
+                    trial = sample_trial(j, length, self.trial_seed, depth=depth, rng=self.rng)  # type: ignore[arg-type]
+                    cell = f"len{length}" if depth is None else f"len{length}-depth{depth:g}"
+                    out.append({"sample_id": f"{cell}-trial{j}", "length": length, "trial": j,
+                                "depth": trial.depth, "depth_mode": "sampled" if depth is None else "fixed",
+                                "passkey": trial.passkey, "seed": trial.seed})
+        return out
+
+    def build_prompt(self, sample: Mapping[str, Any]) -> Any:
+        try:
+            return build_passkey_prompt(self.tokenizer, int(sample["length"]), float(sample["depth"]),
+                                        int(sample["passkey"]))
+        except (ValueError, RuntimeError) as exc:  # ExactLengthError is a RuntimeError
+            raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
+
+    # -------------------------------------------------------------- predict / aggregate
+    def predict(self, batch: list[Sample]) -> list[Record]:
+        if self.model is None:
+            raise RuntimeError("PasskeyTask.model is not set")
+        return [self.predict_one(s) for s in batch]
+
+    def predict_one(self, sample: Sample) -> Record:
+        prompt = self.build_prompt(sample)
+        timing = greedy_generate(self.model, prompt.input_ids, self.max_new_tokens, eos_ids(self.tokenizer, self.model))
+        text = self.tokenizer.decode(timing.new_ids, skip_special_tokens=True)
+        answer_ids = passkey_answer_ids(self.tokenizer, prompt.passkey)
+        start, end = prompt.needle_token_span
+        w = self.chunk_size
+        number = re.search(r"\d+", text)
+        return {
+            "sample_id": sample["sample_id"],
+            "length": prompt.n_tokens,
+            "target_tokens": prompt.target_tokens,
+            "exact_length": prompt.exact,
+            "trial": sample["trial"],
+            "depth": prompt.depth,
+            "depth_mode": sample["depth_mode"],
+            "passkey": prompt.passkey,
+            "needle_token_span": [start, end],
+            "needle_split": (start // w) != ((end - 1) // w),
+            "prompt_sha256": prompt.to_record()["prompt_sha256"],
+            "continuation": text,
+            "first_number": number.group() if number else None,
+            "correct": score_first_number(text, prompt.passkey),
+            "correct_exact_tokens": score_exact_tokens(timing.new_ids, answer_ids),
+            **timing.record_fields(),
+        }
+
+    def cell_of(self, record: Mapping[str, Any]) -> str:
+        return record["sample_id"].rsplit("-trial", 1)[0]
+
+    def aggregate(self, records: list[Record]) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        acc, err = mean_stderr([float(bool(r["correct"])) for r in records])
+        metrics["accuracy"], metrics["accuracy_stderr"] = acc, (math.nan if err is None else err)
+        metrics["exact_token_accuracy"] = mean_stderr([float(bool(r["correct_exact_tokens"])) for r in records])[0]
+        cells: dict[str, list[Record]] = {}
+        for r in records:
+            cells.setdefault(self.cell_of(r), []).append(r)
+        table = {}
+        for cell, recs in cells.items():
+            summ = cell_summary(recs)
+            summ["exact_token_accuracy"] = cell_summary(recs, "correct_exact_tokens")["accuracy"]
+            table[cell] = summ
+            for key in ("accuracy", "prefill_s_median", "decode_tok_s_median", "peak_rss_bytes_max"):
+                metrics[f"{cell}/{key}"] = _num(summ[key])
+        metrics["cells"] = table
+        return metrics
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "protocol": "eval-protocols.md §5 (Landmark prompt texts, LongHeads seeding, token-exact lengths)",
+            "prompt_template": "\n".join([TASK_DESCRIPTION, "{prefix filler}", NEEDLE_TEMPLATE, "{suffix filler}",
+                                          QUESTION]),
+            "filler_unit": FILLER_UNIT,
+            "lengths": self.lengths,
+            "trials": self.trials,
+            "trial_seed": self.trial_seed,
+            "seeding": "numpy RandomState(trial_seed + trial + length): prefix=randint(0, length), K=randint(1, 50000)"
+            if self.rng == "numpy" else "random.Random(trial_seed + trial + length): randint(0, length), "
+                                        "randint(1, 50000)",
+            "depths": self.depths if self.depths is not None else "sampled",
+            "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "chat_template": False},
+            "scorer": "first \\d+ of the continuation == K (Landmark, §5.2); also exact tokens of ' '+K (§5.3)",
+            "chunk_size_for_needle_split": self.chunk_size,
+        }
+
+    def higher_is_better(self) -> dict[str, bool]:
+        return {"accuracy": True, "exact_token_accuracy": True}
