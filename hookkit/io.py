@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -23,3 +25,15 @@ def load_image(path: str | Path, *, field: str = "image") -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{field}: cannot read image {str(path)!r} ({exc.__class__.__name__}: {exc})") from exc
+
+
+def load_json(path: str | Path, *, field: str) -> Any:
+    """Parse a JSON file; a missing file or invalid JSON raises ``InputError`` naming ``field`` and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{field}: file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{field}: {path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc

@@ -23,6 +23,7 @@ from typing import Any
 
 from hookkit.cli.common import add_method_args, add_model_args, load_model, recipe_from_args
 from hookkit.errors import ConfigError, InputError
+from hookkit.io import load_json
 
 # Generation defaults per task, with the protocol reason (eval-protocols.md).
 POPE_MAX_NEW_TOKENS = 10  # §1.3: OPERA / PAI decode POPE with max_new_tokens=10 (see pope_task.py)
@@ -208,13 +209,7 @@ def build_pope_files(annotations: str | os.PathLike[str], out_dir: str | os.Path
     if layout not in POPE_QUESTION_LAYOUTS:
         raise ConfigError("--layout", f"unknown value {layout!r}", POPE_QUESTION_LAYOUTS)
     ann_path = Path(annotations)
-    if not ann_path.is_file():
-        raise InputError(f"--build-from-annotations: file {ann_path} not found")
-    try:
-        with open(ann_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{ann_path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    data = load_json(ann_path, field="--build-from-annotations")
     try:
         splits = build_pope_splits(data, num_images, seed=seed, min_objects=min_objects, an_rule=an_rule,  # type: ignore[arg-type]
                                    first_question_id=0 if layout == "head" else 1,

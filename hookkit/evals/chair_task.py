@@ -30,6 +30,7 @@ from hookkit.evals.chair import DEFAULT_SYNONYMS_PATH, ChairScorer, ChairVocab, 
 from hookkit.evals.pope_task import _finite, images_manifest, load_image
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
 from hookkit.evals.schema import data_file_entry, mean_stderr, sha256_of
+from hookkit.io import load_json
 
 __all__ = [
     "CHAIR_DEFAULT_MAX_NEW_TOKENS",
@@ -132,13 +133,7 @@ def read_image_id_list(path: str | os.PathLike[str]) -> list[int]:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{what}: file {path} not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what}: {path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    data = load_json(path, field=what)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"{what}: {path} is not a COCO annotation file (no 'annotations' list)")
     return data
