@@ -9,7 +9,8 @@
 
 Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
 ``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
-head). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
+head, block-shared prefill selection, max-key scores for the last 32 prompt tokens and decoding) and
+``longheads-official`` (the official code's per-token summary scores everywhere). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
 the shared eval runner (``runs/longcontext/<phase>/<method>/...``, git-ignored, resumable: a killed run continues
 where it stopped with ``--resume``, the default here); ``summary`` collects them, with every per-sample record,
 into ``bench/results/longcontext.json``.
@@ -40,7 +41,9 @@ RUNS = ROOT / "runs" / "longcontext"
 RESULT = ROOT / "bench" / "results" / "longcontext.json"
 COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
-METHODS = ("stock", "ntk", "longheads")
+METHODS = ("stock", "ntk", "longheads", "longheads-official")
+# The official code's selection rules (per-token summary scores everywhere), for comparison with the defaults.
+OFFICIAL = {"prefill_selection": "token", "tail_selection": "summary"}
 MODEL = "smollm2"
 
 
@@ -75,6 +78,8 @@ def load(method: str, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
 def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
     from hookkit.core.recipe import Recipe
 
+    if method == "longheads-official":
+        return Recipe.single("longheads", {**OFFICIAL, **(params or {})})
     return Recipe.single("longheads", params or {}) if method == "longheads" else None
 
 

@@ -59,6 +59,9 @@ class RefLongHeads(Intervention):
     begin_selective: int = ATT
     gqa_selection: str = "query_head"
     include_self: bool = True
+    prefill_selection: str = "token"  # the reference's own defaults are the official code's
+    tail_selection: str = "summary"
+    exact_tail: int = 32
 
     def bind(self, model):
         self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
@@ -116,7 +119,18 @@ class RefLongHeads(Intervention):
                     else:
                         c = t // w
                         self._where = (call.layer, b)
-                        sel = self.select(q, k, v, t, h, call.scaling)
+                        n_real = Q - n_pad  # prompt tokens of this row (prefill: past == 0)
+                        tail_from = n_real - self.exact_tail
+                        if past > 0 or t >= tail_from:  # the exact tail, and every decoding step
+                            sel = self.select(q, k, v, t, h, call.scaling, self.tail_selection)
+                        elif self.prefill_selection == "block":
+                            # The block of t: its chunk, from the first selective position to the tail.
+                            first = max(c * w, max(self.begin_selective, self.atten_length))
+                            block = range(first, min((c + 1) * w, tail_from))
+                            q_block = torch.stack([q_all[b, n_pad + tt] for tt in block]).mean(0)  # [H, D]
+                            sel = self.select(q, k, v, t, h, call.scaling, "summary", q_block)
+                        else:
+                            sel = self.select(q, k, v, t, h, call.scaling, "summary")
                         state["trace"].append((call.layer, b, t, h, sel))
                         idx = []
                         for s in sel:
@@ -131,7 +145,9 @@ class RefLongHeads(Intervention):
                     out[b, i, h] = p @ vals
         return out
 
-    def select(self, q, k, v, t, h, scale):
+    def select(self, q, k, v, t, h, scale, score, q_block=None):
+        """Chunks for query t, head h. score "summary": q·c_c (q = the block mean if given); "max_key": the
+        chunk's largest raw (un-rotated) q·k over its keys."""
         w, K = self.chunk_size, self.atten_length // self.chunk_size
         c = t // w
         heads = [h] if self.gqa_selection == "query_head" else \
@@ -141,10 +157,14 @@ class RefLongHeads(Intervention):
         for cand in range(1, c - 1):
             total = 0.0
             for hh in heads:
+                if score == "max_key":
+                    g = hh // (self.H // self.Hkv)
+                    total += float((k[cand * w:(cand + 1) * w, g] @ q[t, hh]).max())
+                    continue
                 key = (*self._where, cand, hh)
                 if key not in memo:
                     memo[key] = self.summary(q, k, v, cand, hh, scale)
-                total += float(q[t, hh] @ memo[key])
+                total += float((q[t, hh] if q_block is None else q_block[hh]) @ memo[key])
             scores.append(total)
         top = (torch.topk(torch.tensor(scores), K - 3).indices + 1).tolist() if K > 3 else []
         return sorted({0, c - 1, c, *top})
@@ -157,8 +177,13 @@ def gen(model, ids, mask=None, new=6, **kw):
                               return_dict_in_generate=True, pad_token_id=0, **kw)
 
 
-def prompt(n: int, seed: int = 0) -> torch.Tensor:
+def prompt(n: int, seed: int = 0, distinct: bool = False) -> torch.Tensor:
+    """Random token ids; ``distinct``: no id twice. At layer 0 a repeated token has the same raw key, so
+    ``tail_selection="max_key"`` scores its chunks *exactly* alike, and top-k may break that tie either way in
+    the reference and in the implementation (equally valid, but the outputs then differ)."""
     g = torch.Generator().manual_seed(seed)
+    if distinct:
+        return (torch.randperm(396, generator=g)[:n] + 4)[None]
     return torch.randint(4, 400, (1, n), generator=g)
 
 
@@ -227,11 +252,21 @@ def test_selection_changes_the_output_above_b() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reference
-@pytest.mark.parametrize("gqa,include_self", [("query_head", True), ("kv_head", True), ("query_head", False)])
-def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool) -> None:
+OFFICIAL = dict(prefill_selection="token", tail_selection="summary")
+DEFAULTS = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5)  # hookkit's (short tail)
+
+
+@pytest.mark.parametrize("gqa,include_self,settings", [
+    ("query_head", True, OFFICIAL), ("kv_head", True, OFFICIAL), ("query_head", False, OFFICIAL),
+    ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS),
+    ("query_head", True, dict(prefill_selection="token", tail_selection="max_key", exact_tail=9)),
+], ids=["official", "official-kv", "official-noself", "default", "default-kv", "token-maxkey"])
+def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
+                                                          settings: dict[str, Any]) -> None:
     model, _, info = tiny()
-    ids = prompt(63, seed=3)  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self)
+    ids = prompt(63, seed=3, distinct=settings["tail_selection"] == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
+              **settings)
     ref_out, ref_state = run(model, RefLongHeads(**kw), ids, new=8)
     out, state = run(model, LongHeads(**kw, trace=True), ids, new=8)
     assert torch.equal(ref_out.sequences, out.sequences)
@@ -253,7 +288,7 @@ def test_vectorised_prefill_matches_reference_with_any_query_block() -> None:
     """Bigger chunks (w=8) so a block holds many queries; blocks of 3 queries; one query per block."""
     model, _, _ = tiny()
     ids = prompt(110, seed=4)
-    kw = dict(chunk_size=8, atten_length=48, begin_selective=48)
+    kw = dict(chunk_size=8, atten_length=48, begin_selective=48, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=2)
     outs = [run(model, LongHeads(**kw, query_block=qb), ids, new=2) for qb in (None, 3, 1)]
     for out, _ in outs:
@@ -262,11 +297,12 @@ def test_vectorised_prefill_matches_reference_with_any_query_block() -> None:
     assert blocks[0] < blocks[1] < blocks[2]
 
 
-def test_crossing_begin_selective_during_generate() -> None:
+@pytest.mark.parametrize("tail", ["summary", "max_key"])
+def test_crossing_begin_selective_during_generate(tail: str) -> None:
     """Prompt of 10 tokens (2 complete chunks, below B = 24), 30 new tokens: the official code raises here."""
     model, _, _ = tiny()
     ids = prompt(10, seed=5)
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, tail_selection=tail)
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=30)
     out, state = run(model, LongHeads(**kw), ids, new=30)
     assert out.sequences.shape[1] == 40
@@ -292,7 +328,7 @@ def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
 def test_fp32_and_qwen2_biases_match_reference() -> None:
     model, _, _ = tiny("tiny-qwen2", "float32")
     ids = prompt(50, seed=8)
-    kw = dict(chunk_size=W, atten_length=ATT)
+    kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=4)
     out, _ = run(model, LongHeads(**kw), ids, new=4)
     assert max_diff(ref_out, out) < 2e-4

@@ -55,6 +55,11 @@ Differences from the official code (each one deliberate; see docs/methods/longhe
    (``layers``; default all, as the official code), any Llama-style model with plain RoPE (Llama, Qwen2 with
    biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
 7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
+8. **Chunk scores** (defaults; the official rules are ``prefill_selection="token", tail_selection="summary"``):
+   the prompt before its last ``exact_tail`` tokens shares one summary-scored selection per query block; the
+   exact tail and every decoding step score a chunk by its largest un-rotated ``q·k`` (``_max_key_scores``).
+   With the official summary score SmolLM2 failed passkey trials even inside its trained length; the max-key
+   score fixed them (docs/methods/longheads.md, "Chunk scores").
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ Q_PROJ = "self_attn.q_proj"
 K_PROJ = "self_attn.k_proj"
 GQA_CHOICES = ("query_head", "kv_head")
 PREFILL_CHOICES = ("token", "block")
+TAIL_CHOICES = ("max_key", "summary")
 DEFAULT_ATTEN_LENGTH = 4096
 
 
@@ -158,11 +164,14 @@ class LongHeads(Intervention):
     query_block: int | None = field(default=None, metadata={
         "help": "prefill queries per block (default: chunk_size)"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all)"})
-    prefill_selection: str = field(default="token", metadata={
-        "help": "'token': exact per-query selection at prefill (official); 'block': one selection per query block "
-                "from the block's mean raw query, except the last exact_tail prompt tokens"})
+    prefill_selection: str = field(default="block", metadata={
+        "help": "prompt tokens before the exact tail: 'block' (default) shares one selection per query block, "
+                "scored with the block's mean raw query; 'token': per-query selection (official)"})
     exact_tail: int = field(default=32, metadata={
-        "help": "with prefill_selection='block': last prompt tokens that still select per token"})
+        "help": "last prompt tokens that select per token with tail_selection (decoding always does)"})
+    tail_selection: str = field(default="max_key", metadata={
+        "help": "chunk score for the exact tail and every decoding step: 'max_key' (default) = the chunk's "
+                "largest un-rotated query-key product; 'summary' = the official chunk-summary score"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -194,6 +203,8 @@ class LongHeads(Intervention):
                               PREFILL_CHOICES)
         if isinstance(self.exact_tail, bool) or not isinstance(self.exact_tail, int) or self.exact_tail < 0:
             raise ConfigError("longheads.exact_tail", f"expected an integer >= 0, got {self.exact_tail!r}", ">= 0")
+        if self.tail_selection not in TAIL_CHOICES:
+            raise ConfigError("longheads.tail_selection", f"unknown value {self.tail_selection!r}", TAIL_CHOICES)
         if self.gqa_selection not in GQA_CHOICES:
             raise ConfigError("longheads.gqa_selection", f"unknown value {self.gqa_selection!r}", GQA_CHOICES)
         qb = w if self.query_block is None else self.query_block
@@ -406,20 +417,25 @@ class LongHeads(Intervention):
         exclude_self = (not self.include_self) and call.forward.is_prefill
         value_flat = call.value[b].reshape(-1, D)  # [Hkv * total, D]
         total = call.value.shape[2]
-        # prefill_selection="block": queries before the exact tail share one selection per block.
-        shared_until = positions_end - self.exact_tail if (self.prefill_selection == "block" and n_new > 1) else -1
+        # The exact tail (the last exact_tail prompt tokens, or the whole forward when decoding) selects per token
+        # with tail_selection; the prompt before it with prefill_selection.
+        tail_from = positions_end - self.exact_tail if n_new > 1 else first_pos
         p = first_pos + n_stock
         while p < positions_end:
             c = p // w
             p_end = min(positions_end, (c + 1) * w, p + self._qb)
-            if p < shared_until < p_end:
-                p_end = shared_until
+            if p < tail_from < p_end:
+                p_end = tail_from
+            if p_end <= tail_from:
+                score = "shared" if self.prefill_selection == "block" else "summary"
+            else:
+                score = self.tail_selection
             sl = slice(p - first_pos, p_end - first_pos)
             qr = q_raw[sl].transpose(0, 1)  # [H, Qb, D]
             ql = self._local(state, q_raw[sl], p)  # [H, Qb, D]
             offs = torch.arange(p, p_end, device=qr.device) - c * w
             out[sl] = self._selective_block(state, row, qr, ql, c, offs, value_flat, total, n_pad,
-                                            call.scaling, exclude_self, b, call.layer, p, p_end <= shared_until)
+                                            call.scaling, exclude_self, b, call.layer, p, score)
             p = p_end
         return out
 
@@ -437,27 +453,54 @@ class LongHeads(Intervention):
             mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
         return sdpa_attention_forward(call.module, q, k, v, mask, scaling=call.scaling, **kwargs)[0][0]
 
-    def _select(self, row: _Row, q_raw: torch.Tensor, c: int, shared: bool = False) -> torch.Tensor:
+    def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str) -> torch.Tensor:
         """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups).
 
-        ``shared``: one selection for the whole block, scored with the block's mean raw query.
+        ``score``: ``"summary"``: raw query · chunk summary, per query (official, §1.3 b); ``"shared"``: the same
+        with the block's mean raw query, one selection for the whole block; ``"max_key"``: per query, the chunk's
+        largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``).
         """
         K, Qb = self._K, q_raw.shape[1]
-        cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
-        q = q_raw.to(cand.dtype)
-        if shared:
-            q = q.mean(dim=1, keepdim=True)
-        scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
+        if score == "max_key":
+            scores = self._max_key_scores(state, row, q_raw, c)
+        else:
+            cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
+            q = q_raw.to(cand.dtype)
+            if score == "shared":
+                q = q.mean(dim=1, keepdim=True)
+            scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
         if self.gqa_selection == "kv_head":
             scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
-        return top.expand(-1, Qb, -1) if shared else top
+        return top.expand(-1, Qb, -1) if score == "shared" else top
+
+    def _max_key_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
+        """``[H, Qb, c−2]``: for chunks 1..c−2, the largest ``q_raw · k_raw`` over the chunk's keys.
+
+        Why: the summary score compares a raw query with a summary of *locally rotated* keys; on SmolLM2 about
+        a fifth of the heads then miss the chunk that holds the needle for the answering token, and passkey
+        retrieval fails even inside the trained length (docs/methods/longheads.md, "Chunk scores"). The
+        position-free raw product, maximised over the chunk, is what a key would score if RoPE were off, so a
+        chunk is kept when *any* of its tokens matches the query. Raw keys are never stored: ``q_raw·k_raw_j ==
+        (R(j mod w)·q_raw)·k_loc_j``, so the query is rotated to each of the w local offsets instead. Cost
+        O(tokens · D) per query and head, only for the exact tail and decoding.
+        """
+        H, Qb, D = q_raw.shape
+        Hkv, w, r = self._num_kv, self._w, self._num_heads // self._num_kv
+        acc = torch.promote_types(q_raw.dtype, torch.float32)
+        cos, sin = state.rope_local  # [w, D]
+        q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
+        q_rot = q * cos.to(acc) + rotate_half(q) * sin.to(acc)  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
+        q_rot = q_rot.reshape(Hkv, r * Qb, w, D)
+        keys = row.k_loc[:, w:(c - 1) * w].to(acc).reshape(Hkv, c - 2, w, D)
+        logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, c-2, w]
+        return logits.amax(dim=-1).view(H, Qb, c - 2)
 
     def _selective_block(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, q_loc: torch.Tensor, c: int,
                          offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
-                         exclude_self: bool, b: int, layer: int, p0: int, shared: bool = False) -> torch.Tensor:
+                         exclude_self: bool, b: int, layer: int, p0: int, score: str) -> torch.Tensor:
         """LongHeads attention for queries of chunk c (c ≥ K), per-query selections. Returns ``[Qb, H, D]``."""
-        top = self._select(row, q_raw, c, shared)  # [G, Qb, K-3]
+        top = self._select(state, row, q_raw, c, score)  # [G, Qb, K-3]
         G, Qb = top.shape[:2]
         sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
