@@ -1,0 +1,106 @@
+"""Why LongHeads' defaults score chunks differently from the official code: one passkey trial, five selection rules.
+
+    python bench/longheads_scores.py                      # -> bench/results/longheads_scores.json
+
+SmolLM2-135M-Instruct, fp32, passkey trial 2 at 8192 tokens (seeds as in ``hookkit eval passkey``: needle in chunk
+7 of 32). ``begin_selective = 7936``: every prompt token but the last chunk attends normally, so only the last 256
+prompt tokens and decoding select chunks, and any failure is the selection's. Rules (``--rules`` to pick):
+
+* ``official``: the official summary score (``tail_selection="summary"``);
+* ``fixed_with_needle``: one fixed set of 16 chunks, the needle's included, for every (layer, head);
+* ``official_plus_needle``: the official selection, with the needle's chunk swapped in where a head missed it;
+* ``raw_key_summaries``: summaries built from un-rotated keys (query and summary in the same space);
+* ``max_key``: hookkit's default for the exact tail and decoding (largest un-rotated q·k in the chunk).
+
+The two middle rules need the needle's position, so they are diagnostics (oracles), not methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hookkit  # noqa: E402
+from hookkit.evals.passkey_task import PasskeyTask, greedy_generate  # noqa: E402
+from hookkit.methods.longheads import LongHeads, apply_rope  # noqa: E402
+
+RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summaries", "max_key")
+
+
+class Diagnostic(LongHeads):
+    """LongHeads with the tail's chunk selection replaced by one of the diagnostic rules."""
+
+    rule: str = "official"
+    needle_chunk: int = 0
+
+    def _select(self, state, row, q_raw, c, score):  # type: ignore[override]
+        top = super()._select(state, row, q_raw, c, score)
+        if self.rule == "fixed_with_needle":
+            others = [x for x in range(1, c - 1) if x != self.needle_chunk][:: max(1, (c - 3) // 12)][:12]
+            fixed = torch.tensor(sorted([self.needle_chunk, *others]), device=top.device)
+            return fixed.view(1, 1, -1).expand_as(top).clone()
+        if self.rule == "official_plus_needle":
+            missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
+            swapped = top.clone()
+            swapped[..., 0] = self.needle_chunk
+            return torch.where(missing, swapped, top).sort(dim=-1).values
+        return top
+
+    def _summaries(self, q_loc, k_loc, value, scaling, out_dtype, batch_chunks=64):  # type: ignore[override]
+        if self.rule != "raw_key_summaries":
+            return super()._summaries(q_loc, k_loc, value, scaling, out_dtype, batch_chunks)
+        H, n, D = q_loc.shape
+        w = self._w
+        cos, sin = self._rotary(torch.zeros(1), torch.arange(w)[None])
+        idx = torch.arange(n) % w
+        k_raw = apply_rope(k_loc.float(), cos[0][idx].float(), -sin[0][idx].float())  # R(-j)·k_loc
+        G = n // w
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], G, w, D).transpose(0, 1).repeat_interleave(H // x.shape[0], dim=1)
+
+        q, k, kr, v = split(q_loc), split(k_loc), split(k_raw), split(value)
+        o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scaling)
+        s = o.mean(dim=2, keepdim=True)
+        return F.scaled_dot_product_attention(s, k.float(), kr, scale=scaling)[:, :, 0].transpose(0, 1).to(out_dtype)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model, tok = hookkit.load("smollm2", dtype="float32")
+    sample = PasskeyTask(tok, [8192], 3).samples()[2]
+    prompt = PasskeyTask(tok, [8192], 3).build_prompt(sample)
+    needle_chunk = prompt.needle_token_span[0] // 256
+    rows = []
+    for rule in args.rules.split(","):
+        tail = "max_key" if rule == "max_key" else "summary"
+        iv = Diagnostic(begin_selective=7936, prefill_selection="token", tail_selection=tail)
+        iv.rule, iv.needle_chunk = rule, needle_chunk
+        t0 = time.perf_counter()
+        with hookkit.attach(model, iv):
+            out = greedy_generate(model, prompt.input_ids, 7)
+        text = tok.decode(out.new_ids)
+        rows.append({"rule": rule, "continuation": text, "correct": str(prompt.passkey) in text,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"command": " ".join(["python", *sys.argv]), "length": 8192, "trial": 2, "passkey": prompt.passkey,
+              "needle_token_span": list(prompt.needle_token_span), "needle_chunk": needle_chunk,
+              "begin_selective": 7936, "torch": torch.__version__, "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
