@@ -490,7 +490,7 @@ class LongHeads(Intervention):
         acc = torch.promote_types(q_raw.dtype, torch.float32)
         cos, sin = state.rope_local  # [w, D]
         q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
-        q_rot = q * cos.to(acc) + rotate_half(q) * sin.to(acc)  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
+        q_rot = apply_rope(q, cos.to(acc), sin.to(acc))  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
         q_rot = q_rot.reshape(Hkv, r * Qb, w, D)
         keys = row.k_loc[:, w:(c - 1) * w].to(acc).reshape(Hkv, c - 2, w, D)
         logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, c-2, w]
