@@ -9,7 +9,8 @@
 
 Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
 ``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
-head, block-shared prefill selection, max-key scores for the last 32 prompt tokens and decoding) and
+head; prompt tokens attend to chunk 0 and their last 15 chunks, the last 32 prompt tokens and decoding select by
+max-key scores), ``longheads-block`` (the previous defaults: block-shared summary selection for the prompt) and
 ``longheads-official`` (the official code's per-token summary scores everywhere). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
 the shared eval runner (``runs/longcontext/<phase>/<method>/...``, git-ignored, resumable: a killed run continues
 where it stopped with ``--resume``, the default here); ``summary`` collects them, with every per-sample record,
@@ -41,9 +42,15 @@ RUNS = ROOT / "runs" / "longcontext"
 RESULT = ROOT / "bench" / "results" / "longcontext.json"
 COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
-METHODS = ("stock", "ntk", "longheads", "longheads-official")
-# The official code's selection rules (per-token summary scores everywhere), for comparison with the defaults.
-OFFICIAL = {"prefill_selection": "token", "tail_selection": "summary"}
+METHODS = ("stock", "ntk", "longheads", "longheads-block", "longheads-official")
+# LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
+# resumed run refuses to mix the two): hookkit's defaults, the previous defaults (block-shared summary selection
+# for the prompt) and the official code's rules (per-token summary scores everywhere).
+LONGHEADS_PARAMS = {
+    "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32},
+    "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32},
+    "longheads-official": {"prefill_selection": "token", "tail_selection": "summary"},
+}
 MODEL = "smollm2"
 
 
@@ -78,9 +85,9 @@ def load(method: str, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
 def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
     from hookkit.core.recipe import Recipe
 
-    if method == "longheads-official":
-        return Recipe.single("longheads", {**OFFICIAL, **(params or {})})
-    return Recipe.single("longheads", params or {}) if method == "longheads" else None
+    if method in LONGHEADS_PARAMS:
+        return Recipe.single("longheads", {**LONGHEADS_PARAMS[method], **(params or {})})
+    return None
 
 
 def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path,
@@ -121,8 +128,9 @@ def phase_longppl(args: argparse.Namespace) -> None:
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
-        task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window)
-        res = run_task(task, model, info, method, RUNS / "longppl" / method / f"n{args.max_tokens[0]}")
+        task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window, max_context=args.max_context)
+        folder = f"n{args.max_tokens[0]}" + (f"-ctx{args.max_context}" if args.max_context else "")
+        res = run_task(task, model, info, method, RUNS / "longppl" / method / folder)
         ppl = [round(w["ppl"], 2) for w in res["results"]["longppl"]["windows,none"]]
         print(f"longppl {method}: {ppl}", flush=True)
         del model
@@ -195,7 +203,7 @@ def phase_pairs(args: argparse.Namespace) -> None:
              "kjv": tok(load_kjv_text()[: 8 * n])["input_ids"][:n]}
     out = {}
     for name, ids in texts.items():
-        iv = LongHeads(pair_stats=True)
+        iv = LongHeads(pair_stats=True, prefill_selection="token")  # how far per-query selections agree in a block
         with hookkit.attach(model, iv) as s, torch.no_grad():
             model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
             st = dict(s.states[iv].stats)
@@ -261,7 +269,10 @@ def phase_summary(args: argparse.Namespace) -> None:
             res_file = folder / "results_longppl.json"
             if res_file.exists():
                 res = json.loads(res_file.read_text())["results"]["longppl"]
-                summary["longppl"][method] = {"max_tokens": int(folder.name[1:]), "windows": res["windows,none"],
+                n, _, ctx = folder.name[1:].partition("-ctx")
+                label = f"{method}-ctx{ctx}" if ctx else method  # ctx: the truncated-context reference
+                summary["longppl"][label] = {"max_tokens": int(n), "max_context": int(ctx) if ctx else None,
+                                             "windows": res["windows,none"],
                                               "forward_s": res["forward_s_median,none"],
                                               "peak_rss_bytes": res["peak_rss_bytes_max,none"]}
     if COST_FILE.exists():
@@ -334,6 +345,7 @@ COMMANDS = [
     "python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10",
     "python bench/longcontext.py passkey --methods stock --lengths 16k,32k --trials 3",
     "python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k",
+    "python bench/longcontext.py longppl --methods stock --max-tokens 32k --max-context 8192",
     "python bench/longcontext.py cost --lengths 8k,16k --repeats 3",
     "python bench/longcontext.py pairs --length 16k",
     "python bench/longcontext.py summary",
@@ -350,6 +362,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="run only the first N trials now (resume adds the rest)")
     p.add_argument("--max-tokens", type=int_list, default=[32768])
     p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--max-context", type=int, default=None,
+                   help="longppl: truncated-context reference, each window from at most N tokens ending with it")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on this shared 2-core machine 2 threads were slower)")

@@ -13,6 +13,15 @@ prompt tokens and decoding select chunks, and any failure is the selection's. Ru
 * ``max_key``: hookkit's default for the exact tail and decoding (largest un-rotated q·k in the chunk).
 
 The two middle rules need the needle's position, so they are diagnostics (oracles), not methods.
+
+Long prompts, with the method's own prefill (every prompt token past B selective)::
+
+    python bench/longheads_scores.py --length 32768 --trial 1 --rules defaults,defaults_plus_needle \
+        --prefill-selection block --out bench/results/longheads_scores_32k.json
+
+* ``defaults``: LongHeads as configured; records, per max-key selection call, how many query heads missed the
+  needle's chunk for the call's last query;
+* ``defaults_plus_needle``: the same, with the needle's chunk forced into every tail and decoding selection.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from hookkit.evals.passkey_task import PasskeyTask, greedy_generate  # noqa: E40
 from hookkit.methods.longheads import LongHeads, apply_rope  # noqa: E402
 
 RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summaries", "max_key")
+# Rules for long prompts, run with the method's own prefill (``--begin-selective`` unset): hookkit's defaults, and
+# the defaults with the needle's chunk forced into the exact tail's and decoding's selections where a head missed it.
+LONG_RULES = ("defaults", "defaults_plus_needle")
 
 
 class Diagnostic(LongHeads):
@@ -41,9 +53,18 @@ class Diagnostic(LongHeads):
 
     rule: str = "official"
     needle_chunk: int = 0
+    misses: list  # per tail/decoding selection: (layer-free) count of query heads whose selection missed the needle
 
     def _select(self, state, row, q_raw, c, score):  # type: ignore[override]
         top = super()._select(state, row, q_raw, c, score)
+        if score == "max_key":
+            hit = (top == self.needle_chunk).any(-1)  # [G, Qb]
+            self.misses.append([int((~hit[:, -1]).sum()), hit.shape[0]])
+        if self.rule == "defaults_plus_needle" and score == "max_key":
+            missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
+            swapped = top.clone()
+            swapped[..., 0] = self.needle_chunk
+            return torch.where(missing, swapped, top).sort(dim=-1).values
         if self.rule == "fixed_with_needle":
             others = [x for x in range(1, c - 1) if x != self.needle_chunk][:: max(1, (c - 3) // 12)][:12]
             fixed = torch.tensor(sorted([self.needle_chunk, *others]), device=top.device)
@@ -76,29 +97,49 @@ class Diagnostic(LongHeads):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--rules", default=",".join(RULES), help=f"from {RULES + LONG_RULES}")
+    p.add_argument("--length", type=int, default=8192)
+    p.add_argument("--trial", type=int, default=2)
+    p.add_argument("--begin-selective", type=int, default=None,
+                   help="default: length - 256 for the official-score rules; the method's default for LONG_RULES")
+    p.add_argument("--prefill-selection", default=None,
+                   help="LongHeads prefill_selection for LONG_RULES (default: the method's default)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     model, tok = hookkit.load("smollm2", dtype="float32")
-    sample = PasskeyTask(tok, [8192], 3).samples()[2]
-    prompt = PasskeyTask(tok, [8192], 3).build_prompt(sample)
+    task = PasskeyTask(tok, [args.length], args.trial + 1)
+    prompt = task.build_prompt(task.samples()[args.trial])
     needle_chunk = prompt.needle_token_span[0] // 256
     rows = []
     for rule in args.rules.split(","):
-        tail = "max_key" if rule == "max_key" else "summary"
-        iv = Diagnostic(begin_selective=7936, prefill_selection="token", tail_selection=tail)
-        iv.rule, iv.needle_chunk = rule, needle_chunk
+        if rule not in RULES + LONG_RULES:
+            p.error(f"--rules: unknown rule {rule!r}; allowed: {', '.join(RULES + LONG_RULES)}")
+        if rule in LONG_RULES:
+            iv = Diagnostic(begin_selective=args.begin_selective,
+                            **({"prefill_selection": args.prefill_selection} if args.prefill_selection else {}))
+        else:
+            tail = "max_key" if rule == "max_key" else "summary"
+            iv = Diagnostic(begin_selective=args.begin_selective or args.length - 256, prefill_selection="token",
+                            tail_selection=tail)
+        iv.rule, iv.needle_chunk, iv.misses = rule, needle_chunk, []
         t0 = time.perf_counter()
         with hookkit.attach(model, iv):
             out = greedy_generate(model, prompt.input_ids, 7)
         text = tok.decode(out.new_ids)
+        missed = [m for m, _ in iv.misses]
         rows.append({"rule": rule, "continuation": text, "correct": str(prompt.passkey) in text,
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    result = {"command": " ".join(["python", *sys.argv]), "length": 8192, "trial": 2, "passkey": prompt.passkey,
-              "needle_token_span": list(prompt.needle_token_span), "needle_chunk": needle_chunk,
-              "begin_selective": 7936, "torch": torch.__version__, "rows": rows}
+                     "seconds": round(time.perf_counter() - t0, 1),
+                     # one entry per max-key selection call (layer by layer, prompt tail then decoding): query
+                     # heads whose selection for the call's last query missed the needle's chunk
+                     "max_key_calls": len(missed), "max_key_heads_missing_needle": missed,
+                     "heads_per_call": iv.misses[0][1] if iv.misses else None})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "max_key_heads_missing_needle"}), flush=True)
+    result = {"command": " ".join(["python", *sys.argv]), "length": args.length, "trial": args.trial,
+              "passkey": prompt.passkey, "needle_token_span": list(prompt.needle_token_span),
+              "needle_chunk": needle_chunk, "begin_selective": args.begin_selective,
+              "prefill_selection": args.prefill_selection, "torch": torch.__version__,
+              "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 

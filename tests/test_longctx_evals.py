@@ -43,6 +43,10 @@ def test_passkey_samples_are_seeded_and_prompts_exact() -> None:
                                                      "len260-trial0"]
     assert samples == PasskeyTask(tok, [200, 260], 3, trial_seed=5).samples()  # deterministic
     assert samples != PasskeyTask(tok, [200, 260], 3, trial_seed=6).samples()
+    # extendable_config_keys ("lengths", "trials"): more trials or lengths only add samples, never change one
+    assert set(PasskeyTask.extendable_config_keys) == {"lengths", "trials"}
+    more = PasskeyTask(tok, [260, 200, 300], 5, trial_seed=5).samples()
+    assert all(s in more for s in samples)
     for s in samples:
         prompt = task.build_prompt(s)
         assert prompt.n_tokens == s["length"] and prompt.exact
@@ -169,6 +173,32 @@ def test_window_nll_equals_full_logits_cross_entropy() -> None:
     assert sums[2] == pytest.approx(float(nll[63:].sum()), rel=1e-5)
 
 
+def test_longppl_truncated_context_reference() -> None:
+    """max_context: each window from its own forward over at most max_context tokens ending with it."""
+    model, tok = tiny()
+    text = "the man is sitting in the room and the dog is eating the food . " * 30
+    full = LongPPLTask(tok, text=text, max_tokens=100, window=32)
+    full.model = model
+    ids = full.token_ids()[:100]
+    whole = full.predict_one({"sample_id": "s", "start": 0})
+    wide = LongPPLTask(tok, text=text, max_tokens=100, window=32, max_context=128)  # >= the sample: same numbers
+    wide.model = model
+    same = wide.predict_one({"sample_id": "s", "start": 0})
+    assert same["token_counts"] == whole["token_counts"] == [31, 32, 32, 4]
+    assert same["nll_sums"] == pytest.approx(whole["nll_sums"], rel=1e-5)
+    alone = LongPPLTask(tok, text=text, max_tokens=100, window=32, max_context=32)  # each window alone
+    alone.model = model
+    rec = alone.predict_one({"sample_id": "s", "start": 0})
+    assert rec["token_counts"] == [31, 31, 31, 3]  # a window's first token has nothing before it
+    for k, lo in enumerate(range(0, 100, 32)):
+        sums, counts, _ = window_nll(model, torch.tensor([ids[lo:lo + 32]]), 32)
+        assert rec["nll_sums"][k] == pytest.approx(sums[0], rel=1e-5) and rec["token_counts"][k] == counts[0]
+    assert rec["nll_sums"][2] != pytest.approx(whole["nll_sums"][2], rel=1e-3)  # the context matters
+    assert "at most the 32 tokens" in alone.config()["protocol"]
+    with pytest.raises(ValueError, match="multiple of window"):
+        LongPPLTask(tok, text=text, max_tokens=100, window=32, max_context=40)
+
+
 def test_longppl_task_with_longheads_and_text_file(tmp_path: Path) -> None:
     model, tok = tiny()
     text = tmp_path / "t.txt"
@@ -236,6 +266,9 @@ def test_cli_niah_and_longppl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "heatmap:" in out and "overall ppl" in out
+    assert main(["eval", "longppl", "--model", "tiny-llama", "--text", str(hay), "--max-tokens", "100", "--window",
+                 "50", "--max-context", "60", "--output-path", str(tmp_path / "q"), "--no-progress"]) != 0
+    assert "--max-context: 60 is not a multiple of --window 50" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse names the bad list item
         main(["eval", "passkey", "--lengths", "4k,x", "--output-path", "x"])
 

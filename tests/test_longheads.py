@@ -123,6 +123,8 @@ class RefLongHeads(Intervention):
                         tail_from = n_real - self.exact_tail
                         if past > 0 or t >= tail_from:  # the exact tail, and every decoding step
                             sel = self.select(q, k, v, t, h, call.scaling, self.tail_selection)
+                        elif self.prefill_selection == "recent":  # chunk 0 and the last K-1 chunks, c's own included
+                            sel = sorted({0, *range(c - K + 2, c + 1)})
                         elif self.prefill_selection == "block":
                             # The block of t: its chunk, from the first selective position to the tail.
                             first = max(c * w, max(self.begin_selective, self.atten_length))
@@ -260,7 +262,10 @@ DEFAULTS = dict(prefill_selection="block", tail_selection="max_key", exact_tail=
     ("query_head", True, OFFICIAL), ("kv_head", True, OFFICIAL), ("query_head", False, OFFICIAL),
     ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS),
     ("query_head", True, dict(prefill_selection="token", tail_selection="max_key", exact_tail=9)),
-], ids=["official", "official-kv", "official-noself", "default", "default-kv", "token-maxkey"])
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
+    ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
+], ids=["official", "official-kv", "official-noself", "default", "default-kv", "token-maxkey", "recent-maxkey",
+        "recent-maxkey-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any]) -> None:
     model, _, info = tiny()
@@ -334,16 +339,30 @@ def test_fp32_and_qwen2_biases_match_reference() -> None:
     assert max_diff(ref_out, out) < 2e-4
 
 
-def test_block_memory_does_not_grow_with_context() -> None:
+@pytest.mark.parametrize("prefill", ["recent", "block", "token"])
+def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
     """Chunks computed per block are bounded by the block's selections, not by the context: linear memory."""
     model, _, _ = tiny()
     K = ATT // W
     for n in (80, 240):
-        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True), prompt(n, seed=9), new=1)
-        assert state.stats["pairs_max"] >= state.stats["chunks_max"] > 0
+        iv = LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True, prefill_selection=prefill)
+        _, state = run(model, iv, prompt(n, seed=9), new=1)
+        assert state.stats["chunks_max"] >= K and state.stats["pairs_max"] >= K - 1
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
         assert state.stats["pairs_max"] <= W * (K - 1) + 1
     assert state.rows[0][0].k_loc.shape[1] <= 240 + 4 * W  # per-token state: linear in the context
+
+
+def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
+    """Defaults (recent prompt selection, max-key tail) never read a chunk summary, so none is computed."""
+    model, _, _ = tiny()
+    ids = prompt(80, seed=9)
+    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=1)
+    row = state.rows[0][0]
+    assert row.n_summ == 80 // W and row.summ.shape[1] == 0
+    for settings in (dict(prefill_selection="block"), dict(tail_selection="summary")):
+        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, **settings), ids, new=1)
+        assert state.rows[0][0].summ.shape[1] >= 80 // W
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -433,6 +433,34 @@ def test_resume_with_other_limit_loses_nothing(toy: Any, tmp_path: Path, caplog:
     assert not list(out.glob("*.rank*.jsonl"))
 
 
+def test_resume_extends_a_run_along_extendable_config_keys(toy: Any, tmp_path: Path) -> None:
+    """A key in ``extendable_config_keys`` may change on resume (only the new samples run); others may not."""
+
+    class Sized(toy.SquaresTask):
+        extendable_config_keys = ("n",)
+
+        def __init__(self, n: int, parser: str = "int_v1") -> None:
+            super().__init__(n=n)
+            self.parser = parser
+
+        def config(self) -> dict[str, Any]:
+            return {**super().config(), "n": self.n, "parser": self.parser}
+
+    def run(task: Any, **kw: Any) -> dict[str, Any]:
+        return evaluate(task, output_dir=out, model_info=toy.MODEL_INFO, seed=7, progress=False, **kw)
+
+    out = tmp_path / "out"
+    run(Sized(4))
+    grown = run(Sized(10), resume=True)
+    assert grown["timings"]["n_samples_run"] == 6 and grown["timings"]["n_samples_resumed"] == 4
+    assert [r["sample_id"] for r in _samples(out)] == [f"sq-{i:03d}" for i in range(10)]
+    manifest = json.loads((out / f"run_{TASK}.manifest.json").read_text())
+    assert manifest["fields"]["task_config"]["n"] == 10  # the manifest follows the extended run
+    assert _comparable(grown)["results"] == _comparable(_run(toy, tmp_path / "clean", n=10))["results"]
+    with pytest.raises(ValueError, match="different task_config"):
+        run(Sized(10, parser="int_v2"), resume=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # kill and resume
 # ----------------------------------------------------------------------------------------------------------------

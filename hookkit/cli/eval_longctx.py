@@ -343,6 +343,9 @@ def add_longppl_parser(subparsers: Any) -> None:
     g.add_argument("--window", type=int, default=2048, help="window size in tokens (default 2048)")
     g.add_argument("--starts", type=offsets_list, default=[0], metavar="T[,T...]",
                    help="start offsets in tokens, one sample each (default 0)")
+    g.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="truncated-context reference: each window in its own forward over at most N tokens ending "
+                        "with it (a multiple of --window; default: one forward over the whole sample)")
     add_run_args(p)
     p.set_defaults(eval_run=run_longppl)
 
@@ -364,9 +367,13 @@ def run_longppl(args: argparse.Namespace) -> int:
     if len(args.max_tokens) != 1:
         raise ConfigError("--max-tokens", "give one length")
     starts = args.starts
+    mc = args.max_context
+    if mc is not None and (mc < args.window or mc % args.window):
+        raise ConfigError("--max-context", f"{mc} is not a multiple of --window {args.window}",
+                          f"{args.window}, {2 * args.window}, ...")
 
     def make_task(tokenizer: Any) -> LongPPLTask:
-        kwargs = {"max_tokens": args.max_tokens[0], "window": args.window, "starts": starts}
+        kwargs = {"max_tokens": args.max_tokens[0], "window": args.window, "starts": starts, "max_context": mc}
         if args.text:
             return LongPPLTask.from_file(tokenizer, args.text, **kwargs)
         return LongPPLTask(tokenizer, **kwargs)

@@ -10,6 +10,11 @@ Logits are never materialised for the whole sequence (32k × 49k would be gigaby
 come from one forward without a KV cache, and the output embedding is applied ``logit_chunk`` positions at a time
 (fp32 log-softmax). The forward goes through the text model, so an attached hookkit session (LongHeads) applies.
 Models with final logit soft-capping (Gemma-2 style) are refused.
+
+``max_context`` gives the text's own reference: each window is then predicted in its own forward from at most
+``max_context`` tokens (the window and the tokens right before it). With the stock model and ``max_context`` no
+more than the trained length, that separates "the text gets harder here" (genealogies in Genesis are) from "the
+model loses track of a long context".
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class LongPPLTask(EvalTask):
         max_tokens: tokens per sample (one forward).
         window: window size in tokens.
         starts: start offsets in tokens into the tokenised text (one sample each).
+        max_context: None: one forward over the whole sample; an integer (a multiple of ``window``): every window
+            in its own forward over at most ``max_context`` tokens ending with it (truncated-context reference).
     """
 
     name = "longppl"
@@ -89,9 +96,11 @@ class LongPPLTask(EvalTask):
 
     def __init__(self, tokenizer: Any, *, text: str | None = None, text_name: str | None = None,
                  max_tokens: int = 32768, window: int = 2048, starts: Sequence[int] = (0,),
-                 add_bos: bool = False) -> None:
+                 add_bos: bool = False, max_context: int | None = None) -> None:
         if max_tokens < 2 or window < 1:
             raise ValueError("max_tokens must be >= 2 and window >= 1")
+        if max_context is not None and (max_context < window or max_context % window):
+            raise ValueError(f"max_context must be a multiple of window={window}, got {max_context}")
         if not starts or any(s < 0 for s in starts):
             raise ValueError("starts must be non-negative token offsets")
         self.tokenizer = tokenizer
@@ -102,6 +111,7 @@ class LongPPLTask(EvalTask):
         self.window = int(window)
         self.starts = [int(s) for s in starts]
         self.add_bos = add_bos
+        self.max_context = None if max_context is None else int(max_context)
         self._ids: list[int] | None = None
         self.model: Any = None
 
@@ -144,12 +154,32 @@ class LongPPLTask(EvalTask):
         if len(ids) < 2:
             raise SampleError(sample["sample_id"], f"the text has fewer than {sample['start'] + 2} tokens")
         with PeakMemory() as mem:
-            sums, counts, forward_s = window_nll(self.model, torch.tensor([ids]), self.window)
+            if self.max_context is None:
+                sums, counts, forward_s = window_nll(self.model, torch.tensor([ids]), self.window)
+            else:
+                sums, counts, forward_s = self._truncated_context_nll(ids)
         ppl = [math.exp(s / c) if c else None for s, c in zip(sums, counts)]
         return {"sample_id": sample["sample_id"], "start": sample["start"], "n_tokens": len(ids),
                 "window": self.window, "nll_sums": sums, "token_counts": counts, "window_ppl": ppl,
                 "_prefill_s": forward_s, "_peak_rss_bytes": mem.peak_rss,
                 **({"_cuda_peak_bytes": mem.cuda_peak} if mem.cuda_peak is not None else {})}
+
+    def _truncated_context_nll(self, ids: list[int]) -> tuple[list[float], list[int], float]:
+        """Window k from its own forward over ``ids[max(0, hi - max_context):hi]``, ``hi = (k+1)·window``.
+
+        The segment starts a multiple of ``window`` tokens before the window, so the window is the segment's last
+        one in :func:`window_nll`'s pooling.
+        """
+        assert self.max_context is not None
+        sums, counts, total_s = [], [], 0.0
+        for lo in range(0, len(ids), self.window):
+            hi = min(len(ids), lo + self.window)
+            first = max(0, lo + self.window - self.max_context)
+            seg_sums, seg_counts, seconds = window_nll(self.model, torch.tensor([ids[first:hi]]), self.window)
+            sums.append(seg_sums[-1])
+            counts.append(seg_counts[-1])
+            total_s += seconds
+        return sums, counts, total_s
 
     def aggregate(self, records: list[Record]) -> dict[str, Any]:
         n_win = max((len(r["nll_sums"]) for r in records), default=0)
@@ -176,7 +206,11 @@ class LongPPLTask(EvalTask):
         return metrics
 
     def config(self) -> dict[str, Any]:
-        return {"protocol": "NLL of each token given all previous ones, one forward, pooled per window",
+        protocol = ("NLL of each token given all previous ones, one forward, pooled per window"
+                    if self.max_context is None else
+                    f"NLL of each token given at most the {self.max_context} tokens ending with its window, one "
+                    "forward per window, pooled per window")
+        return {"protocol": protocol, "max_context": self.max_context,
                 "max_tokens": self.max_tokens, "window": self.window, "starts": self.starts,
                 "add_special_tokens": self.add_bos, "text": self.text_name}
 

@@ -228,6 +228,9 @@ class PasskeyTask(EvalTask):
 
     name = "passkey"
     version = "1"
+    # Trial i of a length is drawn from its own seed (trial_seed + i + length) and a length's trials do not
+    # depend on the other lengths: more trials or lengths on resume only add samples.
+    extendable_config_keys = ("lengths", "trials")
 
     def __init__(self, tokenizer: Any, lengths: Sequence[int], trials: int, *, trial_seed: int = 0,
                  depths: Sequence[float] | None = None, max_new_tokens: int = PASSKEY_MAX_NEW_TOKENS,

@@ -21,7 +21,10 @@ of processes.  At the end the main process merges all logs (de-duplicated by ``s
 into ``samples_<task>.jsonl`` in the original sample order, writes the results, then deletes the rank logs.  A
 crash at any point of that sequence loses nothing: a record lives in a rank log until the merged file holding it
 is on disk.  Resuming with a different task config, model, intervention, data files or seed is refused (the
-manifest fingerprint differs), as is starting over on top of an earlier run without ``resume=True``.
+manifest fingerprint differs), as is starting over on top of an earlier run without ``resume=True``.  The one
+exception is a task config key listed in the task's ``extendable_config_keys``: keys that only add or drop
+samples and never change an existing one (passkey's ``trials``: trial *i* is drawn from its own seed), so a run
+of 3 trials resumed with 10 runs the 7 new ones; the manifest then records the new config.
 
 *Sharding.*  With ``N`` processes (``accelerate launch``), process ``k`` owns the samples whose index (in the
 task's sample order, after ``limit``) satisfies ``index % N == k``.  The rule depends only on the sample list, so
@@ -506,6 +509,8 @@ class EvalTask:
 
     name: str = ""
     version: str | int | float = "0"
+    #: task config keys whose change only adds or removes samples, never alters one: resume accepts a new value.
+    extendable_config_keys: tuple[str, ...] = ()
 
     def samples(self) -> Iterable[Sample]:
         """All samples, each a dict with a unique string ``sample_id``, in a deterministic order.
@@ -607,19 +612,29 @@ def _fingerprint_fields(
     )
 
 
-def _check_manifest(path: Path, fields: dict[str, Any]) -> None:
+def _check_manifest(path: Path, fields: dict[str, Any], extendable: Sequence[str] = ()) -> bool:
+    """Refuse to resume a different run; True when only ``extendable`` task config keys changed."""
     if not path.exists():
-        return
+        return False
     try:
         previous = json.loads(path.read_text(encoding="utf-8")).get("fields", {})
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read run manifest {path}: {exc}") from exc
-    changed = sorted(k for k in set(previous) | set(fields) if previous.get(k) != fields.get(k))
+
+    def fixed(f: Mapping[str, Any]) -> dict[str, Any]:
+        config = f.get("task_config")
+        if isinstance(config, Mapping):
+            f = {**f, "task_config": {k: v for k, v in config.items() if k not in extendable}}
+        return dict(f)
+
+    old, new = fixed(previous), fixed(fields)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise ValueError(
             f"cannot resume in {path.parent}: the earlier run used a different {', '.join(changed)} "
             f"(see {path.name}); use a new output directory"
         )
+    return previous != fields
 
 
 def evaluate(
@@ -699,15 +714,16 @@ def evaluate(
     task_config = dict(task.config())
     data_files = [dict(d) for d in task.data_files()]  # hashes the files: do it once
     fields = _fingerprint_fields(task, task_config, data_files, model_info, intervention, seed)
+    extended = False
     if resume:
-        _check_manifest(paths.manifest, fields)
+        extended = _check_manifest(paths.manifest, fields, getattr(task, "extendable_config_keys", ()))
 
     # Collective: every process has finished looking at the directory before anyone writes to it,
     # and all processes must agree on the sample list.
     digests = gather_object([ids_digest])
     if len(set(digests)) != 1:
         raise RuntimeError(f"task.samples() differs between processes (id hashes {digests}); it must be deterministic")
-    if state.is_main_process and not paths.manifest.exists():
+    if state.is_main_process and (extended or not paths.manifest.exists()):
         write_json_atomic(paths.manifest, {"task": name, "fingerprint": sha256_of(fields), "fields": fields})
 
     seeds: dict[str, Any] = {}

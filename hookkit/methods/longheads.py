@@ -55,11 +55,14 @@ Differences from the official code (each one deliberate; see docs/methods/longhe
    (``layers``; default all, as the official code), any Llama-style model with plain RoPE (Llama, Qwen2 with
    biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
 7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
-8. **Chunk scores** (defaults; the official rules are ``prefill_selection="token", tail_selection="summary"``):
-   the prompt before its last ``exact_tail`` tokens shares one summary-scored selection per query block; the
-   exact tail and every decoding step score a chunk by its largest un-rotated ``q·k`` (``_max_key_scores``).
-   With the official summary score SmolLM2 failed passkey trials even inside its trained length; the max-key
-   score fixed them (docs/methods/longheads.md, "Chunk scores").
+8. **Chunk selection for the prompt and scores for the answer** (defaults; the official rules are
+   ``prefill_selection="token", tail_selection="summary"``): the prompt before its last ``exact_tail`` tokens
+   attends to chunk 0 and its last K−1 chunks (``prefill_selection="recent"``: sink + sliding window, no scores),
+   so every prompt token's hidden state is computed from the context the model was trained on; the exact tail and
+   every decoding step select chunks from the whole context, scoring a chunk by its largest un-rotated ``q·k``
+   (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even inside its trained
+   length; with score-selected prompt chunks (``"block"``, the previous default) it failed needles far beyond B
+   (docs/methods/longheads.md, "Chunk scores" and "Prompt selection").
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ from hookkit.models.base import ModelInfo, rotary_embedding
 Q_PROJ = "self_attn.q_proj"
 K_PROJ = "self_attn.k_proj"
 GQA_CHOICES = ("query_head", "kv_head")
-PREFILL_CHOICES = ("token", "block")
+PREFILL_CHOICES = ("token", "block", "recent")
 TAIL_CHOICES = ("max_key", "summary")
 DEFAULT_ATTEN_LENGTH = 4096
 
@@ -164,9 +167,10 @@ class LongHeads(Intervention):
     query_block: int | None = field(default=None, metadata={
         "help": "prefill queries per block (default: chunk_size)"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all)"})
-    prefill_selection: str = field(default="block", metadata={
-        "help": "prompt tokens before the exact tail: 'block' (default) shares one selection per query block, "
-                "scored with the block's mean raw query; 'token': per-query selection (official)"})
+    prefill_selection: str = field(default="recent", metadata={
+        "help": "prompt tokens before the exact tail: 'recent' (default) attend to chunk 0 and the last K-1 "
+                "chunks, no scores (sink + sliding window); 'block' shares one summary-scored selection per "
+                "query block; 'token': per-query summary-scored selection (official)"})
     exact_tail: int = field(default=32, metadata={
         "help": "last prompt tokens that select per token with tail_selection (decoding always does)"})
     tail_selection: str = field(default="max_key", metadata={
@@ -218,6 +222,7 @@ class LongHeads(Intervention):
         self._w, self._atten, self._K, self._begin, self._qb = w, atten, atten // w, begin, qb
         # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
         self._stock_until = max(begin, atten)
+        self._uses_summaries = self.prefill_selection in ("token", "block") or self.tail_selection == "summary"
         self._num_heads, self._num_kv, self._head_dim = model.num_heads, model.num_kv_heads, model.head_dim
         self._rotary = rotary_embedding(model)
         return {Site.LINEAR: frozenset(layers), Site.ATTENTION: frozenset(layers)}
@@ -362,15 +367,16 @@ class LongHeads(Intervention):
         if done > 0:
             c0 = row.n_summ
             n_tok = done * w
-            value = call.value[b, :, state.n_pad[b] + c0 * w: state.n_pad[b] + c0 * w + n_tok]
-            summ = self._summaries(tail[:, :n_tok], row.k_loc[:, c0 * w: c0 * w + n_tok], value, call.scaling,
-                                   row.summ.dtype)  # [H, done, D]
-            if row.n_summ + done > row.summ.shape[1]:
-                cap = max(row.n_summ + done + 4, 2 * row.summ.shape[1])
-                grown = row.summ.new_empty(row.summ.shape[0], cap, row.summ.shape[2])
-                grown[:, :row.n_summ] = row.summ[:, :row.n_summ]
-                row.summ = grown
-            row.summ[:, row.n_summ:row.n_summ + done] = summ
+            if self._uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
+                value = call.value[b, :, state.n_pad[b] + c0 * w: state.n_pad[b] + c0 * w + n_tok]
+                summ = self._summaries(tail[:, :n_tok], row.k_loc[:, c0 * w: c0 * w + n_tok], value, call.scaling,
+                                       row.summ.dtype)  # [H, done, D]
+                if row.n_summ + done > row.summ.shape[1]:
+                    cap = max(row.n_summ + done + 4, 2 * row.summ.shape[1])
+                    grown = row.summ.new_empty(row.summ.shape[0], cap, row.summ.shape[2])
+                    grown[:, :row.n_summ] = row.summ[:, :row.n_summ]
+                    row.summ = grown
+                row.summ[:, row.n_summ:row.n_summ + done] = summ
             row.n_summ += done
             tail = tail[:, n_tok:]
         # Copy the short remainder: a view would keep the whole prefill's query tensor alive.
@@ -427,7 +433,7 @@ class LongHeads(Intervention):
             if p < tail_from < p_end:
                 p_end = tail_from
             if p_end <= tail_from:
-                score = "shared" if self.prefill_selection == "block" else "summary"
+                score = {"block": "shared", "token": "summary", "recent": "recent"}[self.prefill_selection]
             else:
                 score = self.tail_selection
             sl = slice(p - first_pos, p_end - first_pos)
@@ -461,6 +467,10 @@ class LongHeads(Intervention):
         largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``).
         """
         K, Qb = self._K, q_raw.shape[1]
+        if score == "recent":  # the K-3 chunks before the previous one: no scores, chunk 0 + the last K-1 chunks
+            G = self._num_kv if self.gqa_selection == "kv_head" else self._num_heads
+            recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
+            return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c)
         else:
