@@ -9,9 +9,11 @@
 
 Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
 ``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
-head; prompt tokens attend to chunk 0 and their last 15 chunks, the last 32 prompt tokens and decoding select by
-max-key scores), ``longheads-block`` (the previous defaults: block-shared summary selection for the prompt) and
-``longheads-official`` (the official code's per-token summary scores everywhere). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
+head; prompt tokens attend to chunk 0 and their last 15 chunks; the last 32 prompt tokens and decoding keep chunk
+0, their last 10 chunks and the 5 best chunks by max-key score), ``longheads-scored-tail`` (the same, but all 13
+free chunks of the tail by score), ``longheads-block`` (earlier defaults: block-shared summary selection for the
+prompt, all tail chunks by score) and ``longheads-official`` (the official code's per-token summary scores
+everywhere). Every number is measured by this script, nothing is hard-coded. The passkey and perplexity runs go through
 the shared eval runner (``runs/longcontext/<phase>/<method>/...``, git-ignored, resumable: a killed run continues
 where it stopped with ``--resume``, the default here); ``summary`` collects them, with every per-sample record,
 into ``bench/results/longcontext.json``.
@@ -42,14 +44,19 @@ RUNS = ROOT / "runs" / "longcontext"
 RESULT = ROOT / "bench" / "results" / "longcontext.json"
 COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
-METHODS = ("stock", "ntk", "longheads", "longheads-block", "longheads-official")
+METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
-# resumed run refuses to mix the two): hookkit's defaults, the previous defaults (block-shared summary selection
-# for the prompt) and the official code's rules (per-token summary scores everywhere).
+# resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
+# window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
+# code's rules (per-token summary scores everywhere). Runs made before ``tail_recent`` existed recorded recipes
+# without it (its value then was 0).
 LONGHEADS_PARAMS = {
-    "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32},
-    "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32},
-    "longheads-official": {"prefill_selection": "token", "tail_selection": "summary"},
+    "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32, "tail_recent": 8},
+    "longheads-scored-tail": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
+                              "tail_recent": 0},
+    "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32,
+                        "tail_recent": 0},
+    "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0},
 }
 MODEL = "smollm2"
 

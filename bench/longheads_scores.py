@@ -17,11 +17,13 @@ The two middle rules need the needle's position, so they are diagnostics (oracle
 Long prompts, with the method's own prefill (every prompt token past B selective)::
 
     python bench/longheads_scores.py --length 32768 --trial 1 --rules defaults,defaults_plus_needle \
-        --prefill-selection block --out bench/results/longheads_scores_32k.json
+        --prefill-selection block --tail-recent 0 --out bench/results/longheads_scores_32k.json
 
 * ``defaults``: LongHeads as configured; records, per max-key selection call, how many query heads missed the
   needle's chunk for the call's last query;
-* ``defaults_plus_needle``: the same, with the needle's chunk forced into every tail and decoding selection.
+* ``defaults_plus_needle``: the same, with the needle's chunk forced into every tail and decoding selection;
+* ``recent_plus_needle``: tail and decoding keep chunk 0, the needle's chunk and the most recent chunks only (no
+  score-selected chunk besides the needle's).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from hookkit.methods.longheads import LongHeads, apply_rope  # noqa: E402
 RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summaries", "max_key")
 # Rules for long prompts, run with the method's own prefill (``--begin-selective`` unset): hookkit's defaults, and
 # the defaults with the needle's chunk forced into the exact tail's and decoding's selections where a head missed it.
-LONG_RULES = ("defaults", "defaults_plus_needle")
+LONG_RULES = ("defaults", "defaults_plus_needle", "recent_plus_needle")
 
 
 class Diagnostic(LongHeads):
@@ -60,6 +62,10 @@ class Diagnostic(LongHeads):
         if score == "max_key":
             hit = (top == self.needle_chunk).any(-1)  # [G, Qb]
             self.misses.append([int((~hit[:, -1]).sum()), hit.shape[0]])
+        if self.rule == "recent_plus_needle" and score == "max_key":
+            K = self._K
+            ids = sorted({self.needle_chunk, *range(c - K + 3, c - 1)})[-(K - 3):]
+            return torch.tensor(ids, device=top.device).view(1, 1, -1).expand(top.shape[0], top.shape[1], -1)
         if self.rule == "defaults_plus_needle" and score == "max_key":
             missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
             swapped = top.clone()
@@ -104,6 +110,8 @@ def main() -> None:
                    help="default: length - 256 for the official-score rules; the method's default for LONG_RULES")
     p.add_argument("--prefill-selection", default=None,
                    help="LongHeads prefill_selection for LONG_RULES (default: the method's default)")
+    p.add_argument("--tail-recent", type=int, default=None,
+                   help="LongHeads tail_recent for LONG_RULES (default: the method's default)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -116,12 +124,12 @@ def main() -> None:
         if rule not in RULES + LONG_RULES:
             p.error(f"--rules: unknown rule {rule!r}; allowed: {', '.join(RULES + LONG_RULES)}")
         if rule in LONG_RULES:
-            iv = Diagnostic(begin_selective=args.begin_selective,
-                            **({"prefill_selection": args.prefill_selection} if args.prefill_selection else {}))
+            chosen = {"prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent}
+            iv = Diagnostic(begin_selective=args.begin_selective, **{k: v for k, v in chosen.items() if v is not None})
         else:
             tail = "max_key" if rule == "max_key" else "summary"
             iv = Diagnostic(begin_selective=args.begin_selective or args.length - 256, prefill_selection="token",
-                            tail_selection=tail)
+                            tail_selection=tail, tail_recent=0)
         iv.rule, iv.needle_chunk, iv.misses = rule, needle_chunk, []
         t0 = time.perf_counter()
         with hookkit.attach(model, iv):
@@ -138,7 +146,7 @@ def main() -> None:
     result = {"command": " ".join(["python", *sys.argv]), "length": args.length, "trial": args.trial,
               "passkey": prompt.passkey, "needle_token_span": list(prompt.needle_token_span),
               "needle_chunk": needle_chunk, "begin_selective": args.begin_selective,
-              "prefill_selection": args.prefill_selection, "torch": torch.__version__,
+              "prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent, "torch": torch.__version__,
               "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
 

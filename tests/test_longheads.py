@@ -62,6 +62,7 @@ class RefLongHeads(Intervention):
     prefill_selection: str = "token"  # the reference's own defaults are the official code's
     tail_selection: str = "summary"
     exact_tail: int = 32
+    tail_recent: int | None = None  # None: round(0.6 * (K - 3)), the documented default
 
     def bind(self, model):
         self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
@@ -122,7 +123,8 @@ class RefLongHeads(Intervention):
                         n_real = Q - n_pad  # prompt tokens of this row (prefill: past == 0)
                         tail_from = n_real - self.exact_tail
                         if past > 0 or t >= tail_from:  # the exact tail, and every decoding step
-                            sel = self.select(q, k, v, t, h, call.scaling, self.tail_selection)
+                            recent = round(0.6 * (K - 3)) if self.tail_recent is None else self.tail_recent
+                            sel = self.select(q, k, v, t, h, call.scaling, self.tail_selection, recent=recent)
                         elif self.prefill_selection == "recent":  # chunk 0 and the last K-1 chunks, c's own included
                             sel = sorted({0, *range(c - K + 2, c + 1)})
                         elif self.prefill_selection == "block":
@@ -147,9 +149,9 @@ class RefLongHeads(Intervention):
                     out[b, i, h] = p @ vals
         return out
 
-    def select(self, q, k, v, t, h, scale, score, q_block=None):
+    def select(self, q, k, v, t, h, scale, score, q_block=None, recent=0):
         """Chunks for query t, head h. score "summary": q·c_c (q = the block mean if given); "max_key": the
-        chunk's largest raw (un-rotated) q·k over its keys."""
+        chunk's largest raw (un-rotated) q·k over its keys. ``recent``: chunks c-1-recent .. c-2 always kept."""
         w, K = self.chunk_size, self.atten_length // self.chunk_size
         c = t // w
         heads = [h] if self.gqa_selection == "query_head" else \
@@ -167,7 +169,7 @@ class RefLongHeads(Intervention):
                 if key not in memo:
                     memo[key] = self.summary(q, k, v, cand, hh, scale)
                 total += float((q[t, hh] if q_block is None else q_block[hh]) @ memo[key])
-            scores.append(total)
+            scores.append(float("inf") if cand >= c - 1 - recent else total)
         top = (torch.topk(torch.tensor(scores), K - 3).indices + 1).tolist() if K > 3 else []
         return sorted({0, c - 1, c, *top})
 
@@ -254,25 +256,31 @@ def test_selection_changes_the_output_above_b() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reference
-OFFICIAL = dict(prefill_selection="token", tail_selection="summary")
-DEFAULTS = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5)  # hookkit's (short tail)
+OFFICIAL = dict(prefill_selection="token", tail_selection="summary", tail_recent=0)
+BLOCK = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5, tail_recent=0)  # earlier defaults
+DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, max-key tail with a local window
 
 
 @pytest.mark.parametrize("gqa,include_self,settings", [
     ("query_head", True, OFFICIAL), ("kv_head", True, OFFICIAL), ("query_head", False, OFFICIAL),
-    ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS),
+    ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS), ("query_head", True, BLOCK),
     ("query_head", True, dict(prefill_selection="token", tail_selection="max_key", exact_tail=9)),
     ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
-], ids=["official", "official-kv", "official-noself", "default", "default-kv", "token-maxkey", "recent-maxkey",
-        "recent-maxkey-kv"])
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9, tail_recent=1)),
+    ("kv_head", True, dict(prefill_selection="token", tail_selection="summary", exact_tail=9, tail_recent=1)),
+], ids=["official", "official-kv", "official-noself", "default", "default-kv", "block", "token-maxkey", "recent-maxkey",
+        "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any]) -> None:
     model, _, info = tiny()
-    ids = prompt(63, seed=3, distinct=settings["tail_selection"] == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
+    ids = prompt(63, seed=3, distinct=settings.get("tail_selection", "max_key") == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
               **settings)
-    ref_out, ref_state = run(model, RefLongHeads(**kw), ids, new=8)
+    # The reference's own defaults are the official rules: spell out hookkit's for it (the implementation gets
+    # none of them, so its defaults are what is tested).
+    ref_kw = {"prefill_selection": "recent", "tail_selection": "max_key", **kw} if settings is DEFAULTS else kw
+    ref_out, ref_state = run(model, RefLongHeads(**ref_kw), ids, new=8)
     out, state = run(model, LongHeads(**kw, trace=True), ids, new=8)
     assert torch.equal(ref_out.sequences, out.sequences)
     assert max_diff(ref_out, out) < TOL
@@ -307,7 +315,9 @@ def test_crossing_begin_selective_during_generate(tail: str) -> None:
     """Prompt of 10 tokens (2 complete chunks, below B = 24), 30 new tokens: the official code raises here."""
     model, _, _ = tiny()
     ids = prompt(10, seed=5)
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, tail_selection=tail)
+    # tail_recent=0: the generated tokens repeat, and repeated tokens tie exactly under max_key at layer 0 (see
+    # prompt()); with every tail chunk by score this prompt happens to need no tie-break.
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, tail_selection=tail, tail_recent=0)
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=30)
     out, state = run(model, LongHeads(**kw), ids, new=30)
     assert out.sequences.shape[1] == 40
@@ -372,7 +382,10 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(chunk_size=4, atten_length=8), "atten_length"),
                           (dict(chunk_size=256, atten_length=4096), "atten_length"),  # > 1024 trained positions
                           (dict(chunk_size=4, atten_length=16, begin_selective=-1), "begin_selective"),
-                          (dict(gqa_selection="per_head"), "gqa_selection"), (dict(query_block=0), "query_block")]:
+                          (dict(gqa_selection="per_head"), "gqa_selection"), (dict(query_block=0), "query_block"),
+                          (dict(chunk_size=4, atten_length=16, tail_recent=2), "tail_recent"),  # K-3 = 1
+                          (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
+                          (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail")]:
         with pytest.raises(ConfigError, match=rf"longheads\.{field}"):
             hookkit.attach(model, LongHeads(**kwargs))
 

@@ -56,11 +56,12 @@ Differences from the official code (each one deliberate; see docs/methods/longhe
    biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
 7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
 8. **Chunk selection for the prompt and scores for the answer** (defaults; the official rules are
-   ``prefill_selection="token", tail_selection="summary"``): the prompt before its last ``exact_tail`` tokens
-   attends to chunk 0 and its last K−1 chunks (``prefill_selection="recent"``: sink + sliding window, no scores),
-   so every prompt token's hidden state is computed from the context the model was trained on; the exact tail and
-   every decoding step select chunks from the whole context, scoring a chunk by its largest un-rotated ``q·k``
-   (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even inside its trained
+   ``prefill_selection="token", tail_selection="summary", tail_recent=0``): the prompt before its last
+   ``exact_tail`` tokens attends to chunk 0 and its last K−1 chunks (``prefill_selection="recent"``: sink +
+   sliding window, no scores), so every prompt token's hidden state is computed from the context the model was
+   trained on; the exact tail and every decoding step keep chunk 0 and a local window (``tail_recent`` chunks
+   before the previous one) and retrieve the rest from the whole context, scoring a chunk by its largest
+   un-rotated ``q·k`` (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even inside its trained
    length; with score-selected prompt chunks (``"block"``, the previous default) it failed needles far beyond B
    (docs/methods/longheads.md, "Chunk scores" and "Prompt selection").
 """
@@ -176,6 +177,10 @@ class LongHeads(Intervention):
     tail_selection: str = field(default="max_key", metadata={
         "help": "chunk score for the exact tail and every decoding step: 'max_key' (default) = the chunk's "
                 "largest un-rotated query-key product; 'summary' = the official chunk-summary score"})
+    tail_recent: int | None = field(default=None, metadata={
+        "help": "chunks right before the previous one that the exact tail and decoding always keep (a local "
+                "window, as InfLLM's local tokens); the other K-3-tail_recent slots go to the top-scored older "
+                "chunks. Default: round(0.6 * (K-3)), i.e. 8 of 13 at K = 16; 0: all K-3 by score (official)"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -211,6 +216,10 @@ class LongHeads(Intervention):
             raise ConfigError("longheads.tail_selection", f"unknown value {self.tail_selection!r}", TAIL_CHOICES)
         if self.gqa_selection not in GQA_CHOICES:
             raise ConfigError("longheads.gqa_selection", f"unknown value {self.gqa_selection!r}", GQA_CHOICES)
+        tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
+        if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
+            raise ConfigError("longheads.tail_recent", f"{tr!r} must be an integer in [0, K-3] "
+                              f"(K = atten_length / chunk_size = {atten // w})", f"0..{atten // w - 3}")
         qb = w if self.query_block is None else self.query_block
         if isinstance(qb, bool) or not isinstance(qb, int) or qb < 1:
             raise ConfigError("longheads.query_block", f"expected a positive integer, got {qb!r}", ">= 1")
@@ -220,6 +229,7 @@ class LongHeads(Intervention):
         self._check_model(model, layers)
         # Resolved values (bind must not touch the model; it may remember what it validated).
         self._w, self._atten, self._K, self._begin, self._qb = w, atten, atten // w, begin, qb
+        self._tail_recent = tr
         # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
         self._stock_until = max(begin, atten)
         self._uses_summaries = self.prefill_selection in ("token", "block") or self.tail_selection == "summary"
@@ -433,7 +443,7 @@ class LongHeads(Intervention):
             if p < tail_from < p_end:
                 p_end = tail_from
             if p_end <= tail_from:
-                score = {"block": "shared", "token": "summary", "recent": "recent"}[self.prefill_selection]
+                score = {"block": "shared", "token": "prompt_summary", "recent": "recent"}[self.prefill_selection]
             else:
                 score = self.tail_selection
             sl = slice(p - first_pos, p_end - first_pos)
@@ -462,7 +472,8 @@ class LongHeads(Intervention):
     def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str) -> torch.Tensor:
         """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups).
 
-        ``score``: ``"summary"``: raw query · chunk summary, per query (official, §1.3 b); ``"shared"``: the same
+        ``score``: ``"summary"`` (exact tail, decoding) or ``"prompt_summary"`` (prompt before the tail): raw
+        query · chunk summary, per query (official, §1.3 b); ``"recent"``: no score; ``"shared"``: the same
         with the block's mean raw query, one selection for the whole block; ``"max_key"``: per query, the chunk's
         largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``).
         """
@@ -481,6 +492,11 @@ class LongHeads(Intervention):
             scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
         if self.gqa_selection == "kv_head":
             scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
+        if self._tail_recent and score == self.tail_selection:
+            # Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their
+            # score set to +inf), the remaining slots go to the best-scored older chunks.
+            scores = scores.clone()
+            scores[..., max(0, c - 2 - self._tail_recent):] = float("inf")
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
         return top.expand(-1, Qb, -1) if score == "shared" else top
 
