@@ -61,9 +61,10 @@ Differences from the official code (each one deliberate; see docs/methods/longhe
    sliding window, no scores), so every prompt token's hidden state is computed from the context the model was
    trained on; the exact tail and every decoding step keep chunk 0 and a local window (``tail_recent`` chunks
    before the previous one) and retrieve the rest from the whole context, scoring a chunk by its largest
-   un-rotated ``q·k`` (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even inside its trained
-   length; with score-selected prompt chunks (``"block"``, the previous default) it failed needles far beyond B
-   (docs/methods/longheads.md, "Chunk scores" and "Prompt selection").
+   un-rotated ``q·k`` (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even
+   inside its trained length; with score-selected prompt chunks (``"block"``, an earlier default) or every answer
+   chunk by score it failed needles far beyond B (docs/methods/longheads.md, "Chunk scores" and "Prompt selection
+   and the answer's local window").
 """
 
 from __future__ import annotations
