@@ -66,16 +66,12 @@ class Diagnostic(LongHeads):
             K = self._K
             ids = sorted({self.needle_chunk, *range(c - K + 3, c - 1)})[-(K - 3):]
             return torch.tensor(ids, device=top.device).view(1, 1, -1).expand(top.shape[0], top.shape[1], -1)
-        if self.rule == "defaults_plus_needle" and score == "max_key":
-            missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
-            swapped = top.clone()
-            swapped[..., 0] = self.needle_chunk
-            return torch.where(missing, swapped, top).sort(dim=-1).values
         if self.rule == "fixed_with_needle":
             others = [x for x in range(1, c - 1) if x != self.needle_chunk][:: max(1, (c - 3) // 12)][:12]
             fixed = torch.tensor(sorted([self.needle_chunk, *others]), device=top.device)
             return fixed.view(1, 1, -1).expand_as(top).clone()
-        if self.rule == "official_plus_needle":
+        if self.rule == "official_plus_needle" or (self.rule == "defaults_plus_needle" and score == "max_key"):
+            # the needle's chunk replaces the lowest chunk id where a selection missed it
             missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
             swapped = top.clone()
             swapped[..., 0] = self.needle_chunk
