@@ -495,8 +495,8 @@ class LongHeads(Intervention):
             scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
         if self._tail_recent and score == self.tail_selection:
             # Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their
-            # score set to +inf), the remaining slots go to the best-scored older chunks.
-            scores = scores.clone()
+            # score set to +inf; ``scores`` is a fresh tensor on every path), the remaining slots go to the
+            # best-scored older chunks.
             scores[..., max(0, c - 2 - self._tail_recent):] = float("inf")
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
         return top.expand(-1, Qb, -1) if score == "shared" else top
