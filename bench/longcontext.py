@@ -2,7 +2,7 @@
 
     python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10
     python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10
-    python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k
+    python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k --excerpts 4
     python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill time + peak memory
     python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
     python bench/longcontext.py summary                                     # -> bench/results/longcontext.json
@@ -129,13 +129,33 @@ def phase_passkey(args: argparse.Namespace) -> None:
         del model
 
 
+def excerpt_starts(tokenizer: Any, excerpts: int, max_tokens: int) -> list[int]:
+    """Start offsets of ``excerpts`` excerpts spread evenly over the whole KJV: ``k·⌊N/excerpts⌋``, k = 0…excerpts−1.
+
+    Why several: a single excerpt's windows differ in content as well as in position (the KJV from Genesis 1 gets
+    harder after ~10k tokens, where the genealogies of Genesis 10-11 start), so its per-window perplexity mixes the
+    two. Pooling each window's NLL over excerpts from across the book averages the content out and leaves the
+    effect of the position. The rule is fixed in advance (even spacing), not chosen by looking at results.
+    """
+    if excerpts == 1:
+        return [0]
+    from hookkit.evals.longppl import load_kjv_text
+
+    n = len(tokenizer(load_kjv_text(), add_special_tokens=False)["input_ids"])
+    step = n // excerpts
+    if step < max_tokens:
+        raise SystemExit(f"--excerpts {excerpts}: the KJV has {n} tokens, too few for excerpts of {max_tokens}")
+    return [k * step for k in range(excerpts)]
+
+
 def phase_longppl(args: argparse.Namespace) -> None:
     from hookkit.evals.longppl import LongPPLTask
 
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
-        task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window, max_context=args.max_context)
+        task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window, max_context=args.max_context,
+                           starts=excerpt_starts(tok, args.excerpts, args.max_tokens[0]))
         folder = f"n{args.max_tokens[0]}" + (f"-ctx{args.max_context}" if args.max_context else "")
         res = run_task(task, model, info, method, RUNS / "longppl" / method / folder)
         ppl = [round(w["ppl"], 2) for w in res["results"]["longppl"]["windows,none"]]
@@ -276,12 +296,15 @@ def phase_summary(args: argparse.Namespace) -> None:
             res_file = folder / "results_longppl.json"
             if res_file.exists():
                 res = json.loads(res_file.read_text())["results"]["longppl"]
+                recs = [r for r in read_jsonl(folder / "samples_longppl.jsonl")[0] if not r.get("error")]
                 n, _, ctx = folder.name[1:].partition("-ctx")
                 label = f"{method}-ctx{ctx}" if ctx else method  # ctx: the truncated-context reference
-                summary["longppl"][label] = {"max_tokens": int(n), "max_context": int(ctx) if ctx else None,
-                                             "windows": res["windows,none"],
-                                              "forward_s": res["forward_s_median,none"],
-                                              "peak_rss_bytes": res["peak_rss_bytes_max,none"]}
+                summary["longppl"][label] = {
+                    "max_tokens": int(n), "max_context": int(ctx) if ctx else None,
+                    "starts": [r["start"] for r in recs],
+                    "windows": res["windows,none"],  # each window's NLL pooled over every start
+                    "window_ppl_by_start": {str(r["start"]): r["window_ppl"] for r in recs},
+                    "forward_s": res["forward_s_median,none"], "peak_rss_bytes": res["peak_rss_bytes_max,none"]}
     if COST_FILE.exists():
         cost = json.loads(COST_FILE.read_text())
         table: dict[str, Any] = {}
@@ -329,32 +352,45 @@ def markdown(s: dict[str, Any]) -> str:
                 lines.append(f"| {m} | {n} | {c['prefill_s_median']:.1f} | {dec} | "
                              f"{c['peak_rss_bytes_max'] / 1e9:.2f} |")
     if s["longppl"]:
-        wins = max((len(v["windows"]) for v in s["longppl"].values()), default=0)
-        lines.append("")
-        lines.append("| window | " + " | ".join(s["longppl"]) + " |")
-        lines.append("|---|" + "---|" * len(s["longppl"]))
-        for k in range(wins):
-            row = []
-            for v in s["longppl"].values():
-                w = v["windows"][k] if k < len(v["windows"]) else None
-                row.append("–" if w is None else f"{w['ppl']:.2f}")
-            first = next(iter(s["longppl"].values()))["windows"][k]
-            lines.append(f"| {first['start']}–{first['end']} | " + " | ".join(row) + " |")
+        # Genesis 1 on (the issue's excerpt), then the pooled excerpts for the runs that have them all.
+        genesis = {label: v["window_ppl_by_start"]["0"] for label, v in s["longppl"].items()
+                   if "0" in v["window_ppl_by_start"]}
+        lines += ["", "Perplexity per 2k window, KJV from Genesis 1 (start 0):", ""] + _ppl_table(genesis)
+        widest = max(len(v["starts"]) for v in s["longppl"].values())
+        pooled = {label: [w["ppl"] for w in v["windows"]] for label, v in s["longppl"].items()
+                  if len(v["starts"]) == widest}
+        if widest > 1:
+            starts = next(v["starts"] for v in s["longppl"].values() if len(v["starts"]) == widest)
+            lines += ["", f"Perplexity per 2k window, NLL pooled over {widest} excerpts (token starts {starts}):",
+                      ""] + _ppl_table(pooled)
     return "\n".join(lines)
+
+
+def _ppl_table(columns: dict[str, list[float | None]], window: int = 2048) -> list[str]:
+    rows = ["| window | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for k in range(max((len(c) for c in columns.values()), default=0)):
+        cells = ["–" if k >= len(c) or c[k] is None else f"{c[k]:.2f}" for c in columns.values()]
+        rows.append(f"| {k * window}–{(k + 1) * window} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _lengths(s: dict[str, Any]) -> list[int]:
     return sorted({int(n) for per in s["passkey"].values() for n in per})
 
 
-COMMANDS = [
-    "python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10",
-    "python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10",
-    "python bench/longcontext.py passkey --methods stock --lengths 16k,32k --trials 3",
-    "python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k",
-    "python bench/longcontext.py longppl --methods stock --max-tokens 32k --max-context 8192",
-    "python bench/longcontext.py cost --lengths 8k,16k --repeats 3",
-    "python bench/longcontext.py pairs --length 16k",
+COMMANDS = [  # what produced bench/results/longcontext.json (docs/benchmarks.md lists the same)
+    "python bench/longcontext.py passkey --methods longheads --lengths 4k,8k,16k,32k --trials 10",
+    "python bench/longcontext.py passkey --methods ntk --lengths 4k,8k,16k,32k --trials 10",
+    "python bench/longcontext.py passkey --methods stock --lengths 4k,8k,16k --trials 10",
+    "python bench/longcontext.py passkey --methods stock --lengths 32k --trials 1",
+    "python bench/longcontext.py passkey --methods longheads-scored-tail --lengths 8k,16k --trials 10",
+    "python bench/longcontext.py passkey --methods longheads-block,longheads-official --lengths 4k,8k --trials 3",
+    "python bench/longcontext.py passkey --methods longheads-block --lengths 16k --trials 3",
+    "python bench/longcontext.py passkey --methods longheads-block --lengths 32k --trials 2",
+    "python bench/longcontext.py longppl --methods stock,longheads-block,longheads-scored-tail --max-tokens 32k",
+    "python bench/longcontext.py longppl --methods longheads,ntk --max-tokens 32k --excerpts 4",
+    "python bench/longcontext.py longppl --methods stock --max-tokens 32k --max-context 8192 --excerpts 4",
+    "python bench/longcontext.py cost --methods stock,longheads,ntk --lengths 8k,16k --repeats 3",
     "python bench/longcontext.py summary",
 ]
 
@@ -369,6 +405,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="run only the first N trials now (resume adds the rest)")
     p.add_argument("--max-tokens", type=int_list, default=[32768])
     p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--excerpts", type=int, default=1,
+                   help="longppl: pool the per-window NLL over this many KJV excerpts spread evenly over the book")
     p.add_argument("--max-context", type=int, default=None,
                    help="longppl: truncated-context reference, each window from at most N tokens ending with it")
     p.add_argument("--repeats", type=int, default=3)

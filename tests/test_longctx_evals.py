@@ -215,6 +215,28 @@ def test_longppl_task_with_longheads_and_text_file(tmp_path: Path) -> None:
     assert all(math.isfinite(w["ppl"]) for w in h["windows,none"])
 
 
+def test_longppl_resume_adds_starts_and_keeps_the_earlier_records(tmp_path: Path) -> None:
+    """starts is extendable: a resumed run with more excerpts runs only the new ones, and equals a fresh run."""
+    model, tok = tiny()
+    text = "the man is sitting in the room and the dog is eating the food . " * 80
+    one = LongPPLTask(tok, text=text, max_tokens=64, window=32, starts=[0])
+    one.model = model
+    evaluate(one, output_dir=tmp_path / "run", model_info=INFO, progress=False)
+    three = LongPPLTask(tok, text=text, max_tokens=64, window=32, starts=[0, 200, 400])
+    three.model = model
+    resumed = evaluate(three, output_dir=tmp_path / "run", model_info=INFO, progress=False, resume=True)
+    assert resumed["timings"]["n_samples_resumed"] == 1 and resumed["timings"]["n_samples_run"] == 2
+    fresh = evaluate(three, output_dir=tmp_path / "fresh", model_info=INFO, progress=False)
+    recs = read_jsonl(tmp_path / "run" / "samples_longppl.jsonl")[0]
+    assert [r["sample_id"] for r in recs] == ["start0", "start200", "start400"]
+    assert _strip(recs) == _strip(read_jsonl(tmp_path / "fresh" / "samples_longppl.jsonl")[0])
+    assert resumed["results"]["longppl"]["ppl,none"] == pytest.approx(fresh["results"]["longppl"]["ppl,none"])
+    other = LongPPLTask(tok, text=text, max_tokens=64, window=16, starts=[0])  # not extendable: refused
+    other.model = model
+    with pytest.raises(ValueError, match="cannot resume"):
+        evaluate(other, output_dir=tmp_path / "run", model_info=INFO, progress=False, resume=True)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_passkey_resume_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pk"

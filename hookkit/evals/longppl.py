@@ -93,6 +93,9 @@ class LongPPLTask(EvalTask):
 
     name = "longppl"
     version = "1"
+    # A sample is the text from its own start offset: more starts on resume only add samples (the tokenised text
+    # is a prefix-stable function of the longest need, see token_ids), so a run can be widened to more excerpts.
+    extendable_config_keys = ("starts",)
 
     def __init__(self, tokenizer: Any, *, text: str | None = None, text_name: str | None = None,
                  max_tokens: int = 32768, window: int = 2048, starts: Sequence[int] = (0,),
