@@ -152,10 +152,13 @@ def phase_longppl(args: argparse.Namespace) -> None:
     from hookkit.evals.longppl import LongPPLTask
 
     dtype = setup(args.threads, args.dtype)
+    starts: list[int] | None = None  # the same for every method (one tokenizer): tokenise the whole KJV once
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
+        if starts is None:
+            starts = excerpt_starts(tok, args.excerpts, args.max_tokens[0])
         task = LongPPLTask(tok, max_tokens=args.max_tokens[0], window=args.window, max_context=args.max_context,
-                           starts=excerpt_starts(tok, args.excerpts, args.max_tokens[0]))
+                           starts=starts)
         folder = f"n{args.max_tokens[0]}" + (f"-ctx{args.max_context}" if args.max_context else "")
         res = run_task(task, model, info, method, RUNS / "longppl" / method / folder)
         ppl = [round(w["ppl"], 2) for w in res["results"]["longppl"]["windows,none"]]
