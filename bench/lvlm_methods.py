@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 import hookkit
+from hookkit import compat
 from hookkit.generation import generate
 from hookkit.methods.var import VAR, find_sink_dims
 from hookkit.methods.vhr import VHR
@@ -51,7 +52,7 @@ def deep_tiny_llava(layers: int) -> str:
         cfg = tiny._llava_config()
         cfg.text_config.num_hidden_layers = layers
         torch.manual_seed(0)
-        T.LlavaForConditionalGeneration._from_config(cfg).save_pretrained(folder)
+        compat.model_from_config(T.LlavaForConditionalGeneration, cfg).save_pretrained(folder)
         tiny._llava_processor().save_pretrained(folder)
     return str(folder)
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hookkit  # noqa: E402
+from hookkit import compat  # noqa: E402
 from hookkit.methods.alora import ALoRA  # noqa: E402
 from hookkit.methods.lora import LoRA  # noqa: E402
 from hookkit.methods.moh import MoH  # noqa: E402
@@ -198,19 +199,17 @@ def _decode_run(model: Any, ids: torch.Tensor, new_tokens: int) -> float:
     """Greedy decode ``new_tokens`` after a prefill of ``ids``; returns decode tokens/s (prefill not timed)."""
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = compat.cache_from_output(out), out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, **compat.with_cache(model, past), use_cache=True)
+            past, nxt = compat.cache_from_output(out), out.logits[:, -1:].argmax(-1)
         dt = time.perf_counter() - t0
     return ids.shape[0] * new_tokens / dt
 
 
 def _attention_micro(info: Any, ctx: int, reps: int) -> dict[str, Any]:
     """Time one layer's decode attention call: stock sdpa vs MoH's sparse-head path, same kept heads."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     from hookkit.methods.moh import sparse_head_attention
 
     module = info.attentions[0]
@@ -232,7 +231,7 @@ def _attention_micro(info: Any, ctx: int, reps: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 for _ in range(50):
                     if name == "dense_sdpa":
-                        sdpa_attention_forward(module, q, k, v, None, scaling=d ** -0.5)
+                        compat.sdpa_attention(module, q, k, v, None, scaling=d ** -0.5)
                     else:
                         sparse_head_attention(Call, keep)
                 times[name].append((time.perf_counter() - t0) / 50 * 1e6)

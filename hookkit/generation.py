@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from hookkit import compat
 from hookkit.core.session import SESSION_ATTR, Session, get_model_info
 from hookkit.errors import InputError
 from hookkit.models.base import model_device
@@ -156,8 +157,8 @@ def _generate_with_reference(model: torch.nn.Module, processor: Any, info: Any, 
     first = model.generate(**paired, **first_gen, output_logits=True, return_dict_in_generate=True,
                            logits_processor=LogitsProcessorList([timer]))
     rows = torch.arange(n, device=first.sequences.device)
-    cache = first.past_key_values
-    cache.batch_select_indices(rows)
+    cache = compat.cache_from_output(first)
+    compat.select_cache_rows(cache, rows)
     session.select_rows(rows)
     info.adapter.select_rows(model, rows)
     sequences = first.sequences[:n]
@@ -171,8 +172,8 @@ def _generate_with_reference(model: torch.nn.Module, processor: Any, info: Any, 
         rest = {**gen, "max_new_tokens": remaining}
         if gen.get("min_new_tokens"):
             rest["min_new_tokens"] = max(gen["min_new_tokens"] - 1, 0)
-        out = info.adapter.continue_generate(model, input_ids=sequences, past_key_values=cache, **cont, **rest,
-                                             output_logits=output_logits, return_dict_in_generate=True,
+        out = info.adapter.continue_generate(model, input_ids=sequences, **compat.with_cache(model, cache), **cont,
+                                             **rest, output_logits=output_logits, return_dict_in_generate=True,
                                              logits_processor=LogitsProcessorList([timer]))
         sequences = out.sequences
         if output_logits:

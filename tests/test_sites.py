@@ -11,9 +11,12 @@ from conftest import ALL_TINY, load_tiny
 from helpers import build_batch, generate, masked_max_diff, prefill_logits
 
 import hookkit
+from hookkit import compat
 from hookkit.core.intervention import AttnCall, HookContext, Intervention
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
+
+pytestmark = pytest.mark.seam  # the seam-sensitive set CI also runs on the newest transformers
 
 
 @dataclass(eq=False)
@@ -96,14 +99,14 @@ def _cached_logits(model: Any, batch: dict[str, torch.Tensor], position_ids: tor
 
     cache = DynamicCache(config=model.config)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **compat.with_cache(model, cache))
     logits = [out.logits[:, -1]]
     pos = position_ids[:, -1:]
     for _ in range(steps):
         nxt = logits[-1].argmax(-1, keepdim=True)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         pos = pos + 1
-        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache)
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, **compat.with_cache(model, cache))
         logits.append(out.logits[:, -1])
     return logits
 
@@ -247,7 +250,7 @@ def test_each_edit_takes_the_cheapest_path(monkeypatch: pytest.MonkeyPatch) -> N
     batch = build_batch(info, processor, 2)
     materialised: list[tuple[int, int]] = []  # (layer, query rows)
     sdpa_calls: dict[int, bool] = {}  # layer -> position_bias given? (untouched layers may or may not be spied)
-    real_probs, real_sdpa = attention_mod.attention_probs, attention_mod.sdpa_attention_forward
+    real_probs, real_sdpa = attention_mod.attention_probs, attention_mod.sdpa_attention
 
     def spy_probs(module, query, *args, **kwargs):
         materialised.append((module.layer_idx, query.shape[2]))
@@ -258,7 +261,7 @@ def test_each_edit_takes_the_cheapest_path(monkeypatch: pytest.MonkeyPatch) -> N
         return real_sdpa(module, *args, **kwargs)
 
     monkeypatch.setattr(attention_mod, "attention_probs", spy_probs)
-    monkeypatch.setattr(attention_mod, "sdpa_attention_forward", spy_sdpa)
+    monkeypatch.setattr(attention_mod, "sdpa_attention", spy_sdpa)
     with hookkit.attach(model, Noop(sites=["score_bias"], layers=[2])):
         prefill_logits(model, batch)
     # only layer 2 takes hookkit's path: sdpa with a float mask, nothing materialised

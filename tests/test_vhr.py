@@ -26,6 +26,7 @@ def _max_diff(a, b) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
 
 
+@pytest.mark.seam
 @pytest.mark.parametrize("name", VLM_TINY)
 @pytest.mark.parametrize("selection", ["lockstep", "probe"])
 def test_alpha_one_reproduces_stock(name: str, selection: str) -> None:
@@ -126,6 +127,7 @@ def test_lockstep_later_layers_see_reinforced_earlier_layers() -> None:
     assert max((vhds["lockstep"][k] - vhds["probe"][k]).abs().max().item() for k in (1, 2, 3)) > 1e-2
 
 
+@pytest.mark.seam
 def test_heads_are_frozen_after_the_first_step_and_rows_are_independent() -> None:
     """Lock-step VHR on a batch equals, per row, generation with that row's head set fixed from the start."""
     model, processor, info = load_tiny("tiny-llava")
@@ -148,6 +150,7 @@ def test_heads_are_frozen_after_the_first_step_and_rows_are_independent() -> Non
         assert max((a[row] - b[0]).abs().max().item() for a, b in zip(batched.logits, single.logits)) <= 1e-5
 
 
+@pytest.mark.seam
 def test_alpha_two_changes_the_output() -> None:
     model, processor, info = load_tiny("tiny-llava")
     stock = _gen(model, processor, info)

@@ -16,6 +16,7 @@ import contextlib
 import time
 from typing import Any
 
+from hookkit import compat
 from hookkit.errors import ConfigError
 
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     length = args.length[0]
     params = parse_param_strings(args.param)
     model, tokenizer = hookkit.load(args.model, dtype=dtype)  # prints the install command if SmolLM2 is missing
-    trained = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    trained = getattr(compat.text_config(model.config), "max_position_embeddings", None)
     print(f"hookkit demo: passkey retrieval at {length} tokens on {args.model} ({dtype}, trained to {trained} "
           f"tokens, {torch.get_num_threads()} threads), {args.trials} trials per method")
     task = PasskeyTask(tokenizer, [length], args.trials, trial_seed=args.trial_seed)

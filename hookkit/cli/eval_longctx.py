@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hookkit import compat
 from hookkit.cli.common import add_method_args, add_model_args, recipe_from_args
 from hookkit.errors import ConfigError
 
@@ -118,13 +119,13 @@ def rope_parameters(model_name: str, spec: tuple[str, float] | None) -> dict[str
     from hookkit.models.loading import resolve
 
     cfg = AutoConfig.from_pretrained(resolve(model_name).source)
-    base = dict(getattr(cfg.get_text_config(), "rope_parameters", None) or {})
+    base = dict(getattr(compat.text_config(cfg), "rope_parameters", None) or {})
     if "rope_type" in base and base.get("rope_type") != "default":
         raise ConfigError("--rope-scaling", f"the model already uses rope_type {base['rope_type']!r}")
     kind, factor = spec
     params: dict[str, Any] = {"rope_type": kind, "factor": factor, "rope_theta": base.get("rope_theta", 10000.0)}
     if kind == "yarn":
-        params["original_max_position_embeddings"] = cfg.get_text_config().max_position_embeddings
+        params["original_max_position_embeddings"] = compat.text_config(cfg).max_position_embeddings
     return params
 
 
@@ -143,7 +144,7 @@ def load_for_eval(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     kwargs = {"rope_parameters": rope} if rope is not None else {}
     model, tokenizer = hookkit.load(args.model, dtype=dtype, device_map=args.device_map,
                                     attn_implementation=args.attn_implementation, **kwargs)
-    if rope is not None and getattr(model.config.get_text_config(), "rope_parameters", {}).get("rope_type") != rope[
+    if rope is not None and getattr(compat.text_config(model.config), "rope_parameters", {}).get("rope_type") != rope[
             "rope_type"]:
         raise ConfigError("--rope-scaling", "the model ignored the rope_parameters override")
     info = {"model": args.model, "dtype": dtype, "attn_implementation": args.attn_implementation,

@@ -21,16 +21,13 @@ Per call, a layer with attention-level interventions takes the cheapest path the
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from hookkit.compat import modeling_eager_attention, register_attention, repeat_kv, sdpa_attention
 from hookkit.core.intervention import AttnCall, Intervention
 
 if TYPE_CHECKING:
@@ -43,7 +40,7 @@ LAYER_ATTR = "_hookkit_attention"  # set on text attention modules with attentio
 
 def module_eager_attention(module: torch.nn.Module) -> Callable[..., Any]:
     """The eager attention function of the module's own modeling file (Gemma's adds softcap, for instance)."""
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    fn = modeling_eager_attention(module)
     return fn if fn is not None else eager_reference
 
 
@@ -92,10 +89,8 @@ def register_attention_functions() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    AttentionInterface.register(SDPA_NAME, _dispatch(sdpa_attention_forward))
-    AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-    AttentionInterface.register(EAGER_NAME, _dispatch(_eager_base))
-    AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+    register_attention(SDPA_NAME, _dispatch(sdpa_attention), mask="sdpa")
+    register_attention(EAGER_NAME, _dispatch(_eager_base), mask="eager")
     _REGISTERED = True
 
 
@@ -114,7 +109,7 @@ class LayerAttention:
     def base(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
         if self.eager_base:
             return module_eager_attention(module)(module, *args, **kwargs)
-        return sdpa_attention_forward(module, *args, **kwargs)
+        return sdpa_attention(module, *args, **kwargs)
 
     def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, **kwargs: Any):
@@ -126,7 +121,7 @@ class LayerAttention:
         scaling = kwargs.pop("scaling", None)
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        call = AttnCall(self.layer, module, query, key, value, attention_mask, scaling, kwargs, forward)
+        call = AttnCall(self.layer, module, query, key, value, attention_mask, scaling, kwargs, forward, self.base)
         states = self.session.states
         if self.kernel is not None:
             return self.kernel.attention(call, states[self.kernel]), None
@@ -148,8 +143,8 @@ class LayerAttention:
                 return self.base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
             if self.eager_base:
                 return self._eager(call, attention_mask, bias, [])
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                          position_bias=_expand_heads(bias, query), **kwargs)
+            return sdpa_attention(module, query, key, value, attention_mask, scaling=scaling,
+                                  position_bias=_expand_heads(bias, query), **kwargs)
 
         wanted = requested[0][1] if len(requested) == 1 else torch.stack([r for _, r in requested]).any(0)
         rows = wanted.any(0).nonzero().flatten()  # query indices needed by at least one batch row
@@ -179,8 +174,8 @@ class LayerAttention:
         """sdpa for all rows, then an fp32 recomputation + edit of ``rows`` only (memory O(B·H·|rows|·K))."""
         kwargs = {k: v for k, v in call.kwargs.items() if k != "scaling"}
         pos_bias = None if bias is None else _expand_heads(bias, call.query)
-        out, _ = sdpa_attention_forward(call.module, call.query, call.key, call.value, attention_mask,
-                                        scaling=call.scaling, position_bias=pos_bias, **kwargs)
+        out, _ = sdpa_attention(call.module, call.query, call.key, call.value, attention_mask,
+                                scaling=call.scaling, position_bias=pos_bias, **kwargs)
         mask = call.base_bias()[:, :, rows]
         if bias is not None:
             b = bias if bias.shape[2] == 1 else bias[:, :, rows]

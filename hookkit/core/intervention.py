@@ -13,11 +13,13 @@ An intervention is plain configuration plus callbacks (in the spirit of PEFT's c
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from hookkit.compat import sdpa_attention
 from hookkit.core.regions import Region, region_from_name
 from hookkit.core.sites import Site
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from hookkit.models.base import ModelInfo
 
 SitePlan = dict[Site, frozenset[int]]  # site -> layer indices (empty for model-level sites such as logits)
+_UNCHANGED: Any = object()  # AttnCall.stock(attention_mask=...) default: keep the call's own mask
 
 
 @dataclass
@@ -84,16 +87,44 @@ class AttnCall:
     """
 
     __slots__ = ("layer", "module", "query", "key", "value", "attention_mask", "scaling", "kwargs", "forward",
-                 "_q_slots", "_k_slots", "_key_regions", "_query_regions", "_base_bias")
+                 "_base", "_q_slots", "_k_slots", "_key_regions", "_query_regions", "_base_bias")
 
     def __init__(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                  value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float, kwargs: dict[str, Any],
-                 forward: ForwardContext):
+                 forward: ForwardContext, base: Callable[..., Any] | None = None):
         self.layer, self.module = layer, module
         self.query, self.key, self.value = query, key, value
         self.attention_mask, self.scaling, self.kwargs = attention_mask, scaling, kwargs
         self.forward = forward
+        self._base = base
         self._q_slots = self._k_slots = self._key_regions = self._query_regions = self._base_bias = None
+
+    # ----------------------------------------------------------------- stock attention
+    def stock(self, query: torch.Tensor | None = None, key: torch.Tensor | None = None,
+              value: torch.Tensor | None = None, attention_mask: Any = _UNCHANGED) -> torch.Tensor:
+        """The layer's stock attention output ``[B, Q, Hq, D]``: the base backend the session would have called
+        (transformers' sdpa, or the modeling file's own eager function) on this call's tensors or replacements.
+
+        On this call's own tensors it is exactly what the unhooked model computes, so methods use it as their
+        pass-through (``attention_mask`` must then be in the base backend's format: bool/None for sdpa, additive
+        float for eager).
+        """
+        if self._base is None:
+            raise RuntimeError("this AttnCall was built without its base attention function")
+        mask = self.attention_mask if attention_mask is _UNCHANGED else attention_mask
+        out, _ = self._base(self.module, self.query if query is None else query, self.key if key is None else key,
+                            self.value if value is None else value, mask, scaling=self.scaling, **self.kwargs)
+        return out
+
+    def sdpa(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """transformers' sdpa attention of ``query [B, Hq, Q, D]`` over ``key``/``value [B, Hkv, K, D]`` with this
+        call's scaling (GQA handled), output ``[B, Q, Hq, D]``, whatever the base backend.
+
+        ``attention_mask``: bool (True = attend), additive float, or None (causal when Q > 1, else every key).
+        """
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "position_ids"}  # rows may be a sub-batch
+        return sdpa_attention(self.module, query, key, value, attention_mask, scaling=self.scaling, **kwargs)[0]
 
     # ----------------------------------------------------------------- shapes
     @property

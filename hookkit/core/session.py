@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from hookkit import compat
 from hookkit.core.attention import EAGER_NAME, LAYER_ATTR, SDPA_NAME, LayerAttention, register_attention_functions
 from hookkit.core.intervention import ForwardContext, HookContext, Intervention, SampleInfo, SitePlan
 from hookkit.core.regions import REGION_NAMES, TokenTracker
@@ -138,6 +139,7 @@ class Session:
         if getattr(model, SESSION_ATTR, None) is not None:
             raise AttachError("this model already has an attached hookkit session; detach it first or compose "
                               "all methods in one recipe")
+        compat.warn_if_untested()
         try:
             setattr(model, SESSION_ATTR, self)
             # Token ids and the 2-D padding mask are read where they exist (the top-level forward, or generate
@@ -214,7 +216,7 @@ class Session:
     def _switch_attention(self, layers: list[int], per_site: dict[Site, dict[int, list[Intervention]]]) -> None:
         register_attention_functions()
         cfg = self.info.text_config
-        previous = cfg._attn_implementation or "sdpa"
+        previous = compat.attn_implementation(cfg) or "sdpa"
         if previous in (SDPA_NAME, EAGER_NAME):
             raise AttachError("the text tower is already on a hookkit attention function")
         if previous not in _SUPPORTED_BASES:
@@ -234,8 +236,7 @@ class Session:
         self._switched_attn = True
 
     def _set_text_attn(self, name: str) -> None:
-        key = self.info.attn_impl_key
-        self.model.set_attn_implementation(name if key is None else {key: name})
+        compat.set_text_attn_implementation(self.model, self.info.attn_impl_key, name)
 
     def _remove_everything(self) -> None:
         for handle in self._handles:
@@ -303,8 +304,7 @@ class Session:
         input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         embeds = kwargs.get("inputs_embeds")
         attention_mask = kwargs.get("attention_mask")
-        cache = kwargs.get("past_key_values")
-        past = int(cache.get_seq_length()) if cache is not None else 0
+        past = compat.cache_length(compat.cache_from_kwargs(kwargs))
         shape = tuple(input_ids.shape[:2]) if input_ids is not None else tuple(embeds.shape[:2])
         pending, self._pending = getattr(self, "_pending", None), None
         if pending is not None and tuple(pending[0].shape[:2]) == shape:
@@ -420,7 +420,7 @@ class Session:
             **describe_model(info),
             "attached": self.attached,
             "attention_implementation": {
-                "text": info.text_config._attn_implementation,
+                "text": compat.attn_implementation(info.text_config),
                 "previous_text": self._previous_attn,
             },
             "interventions": [iv.describe() for iv in self.interventions],
@@ -437,7 +437,7 @@ def describe_model(info: ModelInfo) -> dict[str, Any]:
     for key in ("vision_config",):
         sub = getattr(cfg, key, None)
         if sub is not None:
-            vision_impl = sub._attn_implementation
+            vision_impl = compat.attn_implementation(sub)
     return {
         "model": type(info.model).__name__,
         "family": info.family,

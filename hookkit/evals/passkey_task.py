@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from hookkit import compat
 from hookkit.evals.passkey import (
     FILLER_UNIT,
     NEEDLE_TEMPLATE,
@@ -160,14 +161,14 @@ def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new
         new.append(int(nxt))
         _sync(device)
         prefill_s = time.perf_counter() - t0
-        cache = out.past_key_values
+        cache = compat.cache_from_output(out)
         del out
         t1 = time.perf_counter()
         while len(new) < max_new_tokens and new[-1] not in eos:
-            out = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt[:, None], **compat.with_cache(model, cache), use_cache=True)
             nxt = out.logits[:, -1].argmax(-1)
             new.append(int(nxt))
-            cache = out.past_key_values
+            cache = compat.cache_from_output(out)
         _sync(device)
         decode_s = time.perf_counter() - t1
         del cache

@@ -25,8 +25,8 @@ chunk s scores ``(R(ρ_q·w + a)q)·(R(ρ_s·w + b)k) = q_locᵀ R((ρ_q−ρ_s)
 selection. Only rotations by multiples of w (at most K distinct ones) are needed, all angles stay below K·w, and
 nothing is rotated at a position outside the trained range.
 
-Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to
-transformers' ``sdpa_attention_forward`` with the call's own arguments (bit-identical to stock sdpa). Between B and
+Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to the
+layer's stock attention with the call's own arguments (``AttnCall.stock``: bit-identical to the stock model). Between B and
 ``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
 true ones, so those queries also take the ordinary causal path.
 
@@ -74,7 +74,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from hookkit.core.intervention import AttnCall, HookContext, Intervention, SampleInfo, SitePlan
 from hookkit.core.regions import Region
@@ -328,8 +327,7 @@ class LongHeads(Intervention):
         # 2. Exact pass-through when no query needs selection.
         last_pos = [first_pos[b] + (q_len - first_real[b]) - 1 for b in range(B)]
         if max(last_pos) < self._stock_until:
-            return sdpa_attention_forward(call.module, call.query, call.key, call.value, call.attention_mask,
-                                          scaling=call.scaling, **call.kwargs)[0]
+            return call.stock()
 
         out = call.query.new_zeros(B, q_len, H, D)
         for b in range(B):
@@ -462,13 +460,12 @@ class LongHeads(Intervention):
         k_end = n_pad + first_pos + n
         k = call.key[b:b + 1, :, n_pad:k_end]
         v = call.value[b:b + 1, :, n_pad:k_end]
-        kwargs = {k_: v_ for k_, v_ in call.kwargs.items() if k_ not in ("position_ids",)}
         if n == 1 or first_pos == 0:
             mask = None  # decode: every key; prefill from 0: q_len == k_len -> sdpa's causal path
         else:  # several queries after a cached prefix: lower-right aligned causal mask
             qpos = torch.arange(first_pos, first_pos + n, device=q.device)[:, None]
             mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
-        return sdpa_attention_forward(call.module, q, k, v, mask, scaling=call.scaling, **kwargs)[0][0]
+        return call.sdpa(q, k, v, mask)[0]
 
     def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str) -> torch.Tensor:
         """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups).

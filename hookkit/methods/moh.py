@@ -390,18 +390,7 @@ def _zeros(module: Weight) -> Weight:
 
 def dense_attention(call: AttnCall) -> torch.Tensor:
     """The layer's stock attention (the base function the session would have called), output ``[B, Q, H, D]``."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from hookkit.core.attention import EAGER_NAME, module_eager_attention
-
-    kwargs = dict(call.kwargs)
-    if call.module.config._attn_implementation == EAGER_NAME:
-        out, _ = module_eager_attention(call.module)(call.module, call.query, call.key, call.value,
-                                                     call.attention_mask, scaling=call.scaling, **kwargs)
-    else:
-        out, _ = sdpa_attention_forward(call.module, call.query, call.key, call.value, call.attention_mask,
-                                        scaling=call.scaling, **kwargs)
-    return out
+    return call.stock()
 
 
 def sparse_head_attention(call: AttnCall, keep: torch.Tensor) -> torch.Tensor:

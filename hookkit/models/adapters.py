@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from hookkit import compat
 from hookkit.errors import InputError, UnsupportedModelError
 
 
@@ -90,10 +91,7 @@ class FamilyAdapter:
     # ------------------------------------------------------------------ generation plumbing
     def select_rows(self, model: nn.Module, rows: torch.Tensor) -> None:
         """Reduce per-batch state kept inside the model to ``rows`` (Qwen-VL caches its M-RoPE deltas)."""
-        inner = getattr(model, "model", None)
-        deltas = getattr(inner, "rope_deltas", None)
-        if isinstance(deltas, torch.Tensor) and deltas.shape[0] > len(rows):
-            inner.rope_deltas = deltas[rows.to(deltas.device)]
+        compat.select_model_state_rows(model, rows)
 
     def continue_generate(self, model: nn.Module, **kwargs: Any) -> Any:
         """Continue decoding from a filled cache with text inputs only (the image is already in the cache)."""

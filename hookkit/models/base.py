@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hookkit import compat
 from hookkit.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -98,10 +99,7 @@ def inspect_model(model: nn.Module, adapter: FamilyAdapter) -> ModelInfo:
     """Build ``ModelInfo``; raise ``UnsupportedModelError`` listing exactly what could not be found."""
     problems: list[str] = []
     config = model.config
-    try:
-        text_config = config.get_text_config(decoder=True)
-    except Exception:  # noqa: BLE001
-        text_config = config
+    text_config = compat.text_config(config)
     attentions = find_text_attentions(model, text_config)
     if not attentions:
         # A config object may be copied per sub-model; fall back to "any decoder attention with a layer index".
@@ -160,18 +158,8 @@ def inspect_model(model: nn.Module, adapter: FamilyAdapter) -> ModelInfo:
         vision_modules=adapter.vision_module_names(model),
         lm_head=lm_head,
         text_model=text_model,
-        attn_impl_key=_text_config_key(config, text_config),
+        attn_impl_key=compat.text_config_key(config, text_config),
     )
-
-
-def _text_config_key(config: Any, text_config: Any) -> str | None:
-    """Key of the text sub-config for ``set_attn_implementation({key: name})``; None for plain decoders."""
-    if text_config is config:
-        return None
-    for key in getattr(config, "sub_configs", {}) or {}:
-        if getattr(config, key, None) is text_config:
-            return key
-    return "text_config"
 
 
 def rotary_embedding(info: ModelInfo) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from hookkit import compat
 from hookkit.errors import InputError
 from hookkit.models.adapters import FamilyAdapter, _ensure_left_padding, register_adapter
 
@@ -67,4 +68,4 @@ class InstructBlipAdapter(FamilyAdapter):
 
     def continue_generate(self, model: Any, **kwargs: Any) -> Any:
         # InstructBLIP's generate insists on pixel_values; its language model continues from the cache alone.
-        return model.language_model.generate(**kwargs)
+        return compat.language_model(model).generate(**kwargs)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hookkit import compat
 from hookkit.errors import ConfigError, HookkitError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def load(name_or_path: str | Path, *, dtype: str | torch.dtype | None = None, de
     cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     try:
         model = cls.from_pretrained(resolved.source, dtype=torch_dtype, device_map=device_map,
-                                    attn_implementation=attn_implementation, **from_pretrained_kwargs)
+                                    attn_implementation=attn_implementation,
+                                    **{**compat.load_kwargs(), **from_pretrained_kwargs})
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise UnsupportedModelError(f"{resolved.source}: model type {config.model_type!r} is neither a causal "

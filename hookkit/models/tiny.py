@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import transformers as T
 
+from hookkit import compat
+
 # Bump when the tiny recipes change in a way that the hashed fields below do not capture.
 TINY_RECIPE_VERSION = 3
 INIT = 0.08
@@ -441,7 +443,7 @@ def tiny_model_path(name: str, *, rebuild: bool = False) -> Path:
     try:
         torch.manual_seed(0)
         model_cls = getattr(T, spec.model_class)
-        model = model_cls._from_config(spec.build_config())
+        model = compat.model_from_config(model_cls, spec.build_config())
         model.save_pretrained(tmp)
         spec.build_processor().save_pretrained(tmp)
         (tmp / "hookkit_tiny.json").write_text(json.dumps({"name": name, "family": spec.family,
