@@ -62,7 +62,7 @@ MODEL = "smollm2"
 
 
 def int_list(text: str) -> list[int]:
-    from hookkit.cli.eval_longctx import int_list as parse
+    from hookkit.cli.common import int_list as parse
 
     return parse(text)
 
@@ -70,7 +70,7 @@ def int_list(text: str) -> list[int]:
 def setup(threads: int, dtype: str) -> str:
     import torch
 
-    from hookkit.cli.eval_longctx import resolve_dtype
+    from hookkit.models.loading import resolve_dtype
 
     torch.set_num_threads(threads)
     return resolve_dtype(dtype)
@@ -78,7 +78,7 @@ def setup(threads: int, dtype: str) -> str:
 
 def load(method: str, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
     import hookkit
-    from hookkit.cli.eval_longctx import rope_parameters
+    from hookkit.cli.evaluation import rope_parameters
 
     rope = rope_parameters(MODEL, ("dynamic", 2.0)) if method == "ntk" else None
     model, tok = hookkit.load(MODEL, dtype=dtype, **({"rope_parameters": rope} if rope else {}))
@@ -237,10 +237,11 @@ def phase_pairs(args: argparse.Namespace) -> None:
         with hookkit.attach(model, iv) as s, torch.no_grad():
             model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
             st = dict(s.states[iv].stats)
+            K = s.resolved(iv).K
         out[name] = {"tokens": len(ids), "blocks": st["blocks"], "queries": st["queries"],
                      "pairs_per_block_mean": st["pairs_sum"] / st["blocks"], "pairs_per_block_max": st["pairs_max"],
                      "chunks_per_block_mean": st["chunks_sum"] / st["blocks"], "chunks_per_block_max":
-                     st["chunks_max"], "K": iv._K}
+                     st["chunks_max"], "K": K}
         print(name, out[name], flush=True)
     _write(PAIRS_FILE, {"length": n, "per_text": out, "machine": machine()})
 
@@ -257,7 +258,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    from hookkit.cli.eval_longctx import cpu_has_fast_bf16
+    from hookkit.models.loading import cpu_has_fast_bf16
 
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(), "native_bf16": cpu_has_fast_bf16(),
             "python": platform.python_version(), "torch": torch.__version__,

@@ -57,13 +57,18 @@ class Diagnostic(LongHeads):
     needle_chunk: int = 0
     misses: list  # per tail/decoding selection: (layer-free) count of query heads whose selection missed the needle
 
+    def bind(self, model):  # type: ignore[override]
+        binding = super().bind(model)
+        self.rotary = binding.resolved.rotary  # for the raw-key summaries below (a diagnostic, one model per run)
+        return binding
+
     def _select(self, state, row, q_raw, c, score):  # type: ignore[override]
         top = super()._select(state, row, q_raw, c, score)
         if score == "max_key":
             hit = (top == self.needle_chunk).any(-1)  # [G, Qb]
             self.misses.append([int((~hit[:, -1]).sum()), hit.shape[0]])
         if self.rule == "recent_plus_needle" and score == "max_key":
-            K = self._K
+            K = state.cfg.K
             ids = sorted({self.needle_chunk, *range(c - K + 3, c - 1)})[-(K - 3):]
             return torch.tensor(ids, device=top.device).view(1, 1, -1).expand(top.shape[0], top.shape[1], -1)
         if self.rule == "fixed_with_needle":
@@ -78,12 +83,11 @@ class Diagnostic(LongHeads):
             return torch.where(missing, swapped, top).sort(dim=-1).values
         return top
 
-    def _summaries(self, q_loc, k_loc, value, scaling, out_dtype, batch_chunks=64):  # type: ignore[override]
+    def _summaries(self, q_loc, k_loc, value, scaling, out_dtype, w, batch_chunks=64):  # type: ignore[override]
         if self.rule != "raw_key_summaries":
-            return super()._summaries(q_loc, k_loc, value, scaling, out_dtype, batch_chunks)
+            return super()._summaries(q_loc, k_loc, value, scaling, out_dtype, w, batch_chunks)
         H, n, D = q_loc.shape
-        w = self._w
-        cos, sin = self._rotary(torch.zeros(1), torch.arange(w)[None])
+        cos, sin = self.rotary(torch.zeros(1), torch.arange(w)[None])
         idx = torch.arange(n) % w
         k_raw = apply_rope(k_loc.float(), cos[0][idx].float(), -sin[0][idx].float())  # R(-j)·k_loc
         G = n // w

@@ -19,7 +19,8 @@ What the seam wraps (internal -> hookkit entry point):
 * ``AttentionInterface`` + ``AttentionMaskInterface`` (``masking_utils``) -> ``register_attention``,
   ``attention_functions``;
 * ``integrations.sdpa_attention`` -> ``sdpa_attention``, ``repeat_kv``;
-* the modeling file's ``eager_attention_forward`` (found through ``sys.modules``) -> ``modeling_eager_attention``;
+* the modeling file's ``eager_attention_forward`` and ``apply_rotary_pos_emb`` (found through ``sys.modules``) ->
+  ``modeling_eager_attention``, ``modeling_function``;
 * ``config._attn_implementation`` and ``set_attn_implementation`` -> ``attn_implementation``,
   ``set_text_attn_implementation``;
 * ``get_text_config`` and ``sub_configs`` -> ``text_config``, ``sub_configs``, ``text_config_key``;
@@ -48,7 +49,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 __all__ = [
     "CACHE_KWARGS", "TESTED_VERSIONS", "attention_functions", "attn_implementation", "cache_from_kwargs",
     "cache_from_output", "cache_kwarg", "cache_length", "installed_versions", "kernels_active", "language_model",
-    "load_kwargs", "model_from_config", "modeling_eager_attention", "register_attention", "repeat_kv",
+    "load_kwargs", "model_from_config", "modeling_eager_attention", "modeling_function", "register_attention", "repeat_kv",
     "sdpa_attention", "select_cache_rows", "select_model_state_rows", "set_text_attn_implementation", "sub_configs",
     "text_config", "text_config_key", "transformers_version", "version_status", "warn_if_untested", "with_cache",
 ]
@@ -214,9 +215,14 @@ def attention_functions() -> dict[str, Callable[..., Any]]:
 sdpa_attention = sdpa_attention_forward
 
 
+def modeling_function(module: nn.Module, name: str) -> Callable[..., Any] | None:
+    """Function ``name`` of the module's own modeling file (``apply_rotary_pos_emb``...), or None."""
+    return getattr(sys.modules.get(type(module).__module__), name, None)
+
+
 def modeling_eager_attention(module: nn.Module) -> Callable[..., Any] | None:
     """The ``eager_attention_forward`` of the module's own modeling file (Gemma's adds softcap), or None."""
-    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    return modeling_function(module, "eager_attention_forward")
 
 
 def attn_implementation(config: Any) -> str | None:

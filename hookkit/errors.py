@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,18 +38,69 @@ class InputError(HookkitError, ValueError):
 
 def check_range(field: str, value: float, *, low: float | None = None, high: float | None = None,
                 low_inclusive: bool = True, high_inclusive: bool = True) -> float:
-    """Raise ``ConfigError`` naming ``field`` unless ``value`` lies in the interval."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected a number, got {value!r}") from None
+    """Raise ``ConfigError`` naming ``field`` unless ``value`` is a finite number in the interval.
+
+    Booleans are not numbers here (``alpha=true`` is a mistake, not 1.0), and neither are infinities or NaN:
+    an open bound such as ``(0, inf)`` excludes infinity itself.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(field, f"{value} is not a finite number")
     ok = True
     if low is not None:
         ok &= value >= low if low_inclusive else value > low
     if high is not None:
         ok &= value <= high if high_inclusive else value < high
-    if not ok or value != value:  # NaN fails every comparison
+    if not ok:
         lo = "(-inf" if low is None else f"{'[' if low_inclusive else '('}{low:g}"
         hi = "inf)" if high is None else f"{high:g}{']' if high_inclusive else ')'}"
         raise ConfigError(field, f"{value:g} is out of range", f"{lo}, {hi}")
     return value
+
+
+def check_int(field: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """Raise ``ConfigError`` naming ``field`` unless ``value`` is an integer (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"expected an integer, got {value!r}", _interval(low, high))
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(field, f"{value} is out of range", _interval(low, high))
+    return value
+
+
+def check_int_list(field: str, values: Any, *, low: int | None = None, high: int | None = None,
+                   allow_empty: bool = False, unique: bool = True) -> list[int]:
+    """A list of integers in ``[low, high]`` (no bools, no repeats unless ``unique=False``), else ``ConfigError``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ConfigError(field, f"expected a list of integers, got {values!r}", _interval(low, high))
+    if not values and not allow_empty:
+        raise ConfigError(field, "must not be empty", _interval(low, high))
+    for v in values:
+        check_int(field, v, low=low, high=high)
+    if unique and len(set(values)) != len(values):
+        raise ConfigError(field, f"repeated entries in {list(values)!r}")
+    return list(values)
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"expected true or false, got {value!r}", [True, False])
+    return value
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
+    choices = list(choices)
+    if not isinstance(value, (str, int, float, bool, type(None))) or value not in choices:
+        raise ConfigError(field, f"unknown value {value!r}", choices)
+    return value
+
+
+def _interval(low: int | None, high: int | None) -> str | None:
+    if low is None and high is None:
+        return None
+    if high is None:
+        return f">= {low}"
+    if low is None:
+        return f"<= {high}"
+    return f"{low}..{high}"

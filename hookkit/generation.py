@@ -1,4 +1,4 @@
-"""``hookkit.generate``: prompts (+ images) in, text out, with whatever interventions are attached.
+"""``hookkit.generation.generate``: prompts (+ images) in, text out, with whatever interventions are attached.
 
 Most methods need nothing beyond ``model.generate``. Methods that compare against a *reference branch* (VHR
 compares every head with and without the image) declare it through ``Intervention.reference_branch(...)``, and
@@ -71,19 +71,24 @@ def _timings(start: float, first_token_at: float, stamps: list[float]) -> dict[s
 
 
 def generate(model: torch.nn.Module, processor: Any, prompts: str | Sequence[str],
-             images: Image.Image | Sequence[Image.Image | None] | None = None, *, max_new_tokens: int = 64,
-             do_sample: bool = False, output_logits: bool = False, **generate_kwargs: Any) -> GenerationResult:
+             images: Image.Image | Sequence[Image.Image | Sequence[Image.Image] | None] | None = None, *,
+             max_new_tokens: int = 64, do_sample: bool = False, output_logits: bool = False,
+             **generate_kwargs: Any) -> GenerationResult:
     """Generate for a batch of prompts (left-padded), running any reference branch the attached methods need.
 
-    ``images``: one image per prompt (``None`` for a text-only row), or None for text-only prompts.
-    Extra keyword arguments go to ``model.generate``.
+    ``images``: per prompt, None (a text-only row), an image, or a list of images (several placeholders, where the
+    family allows it); or None / one image for all prompts. Extra keyword arguments go to ``model.generate``.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts) if isinstance(prompts, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InputError("prompts: expected a string or a non-empty list of strings")
     if images is None or isinstance(images, Image.Image):
         images = [images] * len(prompts)
     images = list(images)
     if len(images) != len(prompts):
-        raise InputError(f"got {len(prompts)} prompts but {len(images)} images")
+        raise InputError(f"images: got {len(prompts)} prompts but {len(images)} image entries (one per prompt)")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
     session: Session | None = getattr(model, SESSION_ATTR, None)
     info = session.info if session is not None else get_model_info(model)
     gen = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
@@ -95,7 +100,7 @@ def generate(model: torch.nn.Module, processor: Any, prompts: str | Sequence[str
         result = _generate_with_reference(model, processor, info, session, reference, prompts, images, gen,
                                           output_logits)
     else:
-        batch = info.adapter.build_inputs(processor, prompts, images, device=model_device(model))
+        batch = _checked(info.adapter.build_inputs(processor, prompts, images, device=model_device(model)))
         timer = StepTimer()
         start = time.perf_counter()
         out = model.generate(**batch, **gen, output_logits=output_logits, return_dict_in_generate=True,
@@ -116,7 +121,7 @@ def _reference_request(session: Session | None, images: list[Image.Image | None]
             wanted[iv] = kind
     if not wanted:
         return None
-    if any(im is None for im in images):
+    if any(im is None or (isinstance(im, (list, tuple)) and not im) for im in images):
         names = sorted({iv.name for iv in wanted})
         raise InputError(f"{', '.join(names)} compare each prompt with and without its image: every prompt needs "
                          "an image (images[i] is None)")
@@ -129,7 +134,7 @@ def _generate_with_reference(model: torch.nn.Module, processor: Any, info: Any, 
     n = len(prompts)
     tokenizer = getattr(processor, "tokenizer", processor)
     device = model_device(model)
-    paired = info.adapter.build_inputs(processor, prompts + prompts, images + [None] * n, device=device)
+    paired = _checked(info.adapter.build_inputs(processor, prompts + prompts, images + [None] * n, device=device))
     image_rows = {k: (v[:n] if k in _TEXT_ROW_KEYS else v) for k, v in paired.items()}
     kinds = set(reference.values())
     if len(kinds) > 1:
@@ -181,6 +186,19 @@ def _generate_with_reference(model: torch.nn.Module, processor: Any, info: Any, 
     stamps = timer.stamps
     return _result(sequences, image_rows["input_ids"].shape[1], tokenizer, tuple(logits) if output_logits else None,
                    _timings(start, stamps[0], stamps), gen)
+
+
+def _checked(batch: Any) -> Any:
+    """A batch with at least one real token per row (an empty prompt on a tokenizer with no chat template and no
+    BOS token would otherwise reach the model as an empty sequence)."""
+    mask = batch.get("attention_mask")
+    lengths = mask.sum(dim=1) if mask is not None else torch.full((batch["input_ids"].shape[0],),
+                                                                   batch["input_ids"].shape[1])
+    empty = [i for i, n in enumerate(lengths.tolist()) if n == 0]
+    if empty:
+        raise InputError(f"prompts[{empty[0]}]: the prompt is empty after tokenisation (this tokenizer adds no chat "
+                         "template and no BOS token); give some text")
+    return batch
 
 
 def _eos_ids(model: torch.nn.Module, gen: dict[str, Any]) -> set[int]:

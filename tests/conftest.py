@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import hookkit
-from hookkit.models.tiny import TINY_MODELS
+from hookkit.models.tiny import tiny_models
+from hookkit.registry import FAMILIES
 
 # One thread: tiny models gain nothing from more, and OpenMP threads collapse when the cores are shared.
 torch.set_num_threads(1)
 
-ALL_TINY = list(TINY_MODELS)
-VLM_TINY = [n for n, s in TINY_MODELS.items() if s.family not in ("llama", "qwen2", "mistral")]
+ALL_TINY = list(tiny_models())
+VLM_TINY = [n for n, s in tiny_models().items() if FAMILIES.get(s.family).is_vlm]
 TEXT_TINY = [n for n in ALL_TINY if n not in VLM_TINY]
 
 _CACHE: dict[tuple[str, str], tuple] = {}

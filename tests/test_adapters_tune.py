@@ -19,7 +19,10 @@ from helpers import build_batch, prefill_logits
 import hookkit
 from hookkit.core.recipe import Recipe
 from hookkit.errors import ConfigError, InputError
-from hookkit.methods.adapters import (
+from hookkit.methods.alora import ALoRA
+from hookkit.methods.lora import LoRA
+from hookkit.methods.moh import MoH
+from hookkit.methods.trainable import (
     CONFIG_NAME,
     RECIPE_NAME,
     WEIGHTS_NAME,
@@ -28,9 +31,6 @@ from hookkit.methods.adapters import (
     save_adapter,
     unload_adapter,
 )
-from hookkit.methods.alora import ALoRA
-from hookkit.methods.lora import LoRA
-from hookkit.methods.moh import MoH
 from hookkit.methods.training import TrainConfig, Trainer, load_corpus, tokenize_blocks
 
 TEXT = (

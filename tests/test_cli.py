@@ -57,7 +57,8 @@ def test_apply_compare_json_and_recipe_round_trip(capsys: pytest.CaptureFixture,
     record = json.loads(out)
     assert set(record) >= {"text", "token_ids", "recipe", "recipe_hash", "timings", "stock"}
     assert record["recipe"]["methods"][0] == {"method": "vhr", "params": {
-        "alpha": 2, "layers": None, "selection": "lockstep", "outlier_rule": True, "outlier_std": "population"}}
+        "alpha": 2, "layers": None, "selection": "lockstep", "outlier_rule": True, "outlier_std": "population",
+        "noise_tol": None}}
     assert record["timings"]["prefill_s"] > 0
     saved = json.loads(recipe.read_text())
     assert saved["model"]["family"] == "llava"
@@ -87,7 +88,7 @@ def test_recipe_for_another_model_is_refused(capsys: pytest.CaptureFixture, imag
     (["--method", "var", "--param", "rho=1.5", "--model", "tiny-llava", "--prompt", "hi", "--image", "IMG"],
      "var.rho: 1.5 is out of range (allowed: [0, 1])"),
     (["--method", "vhr", "--param", "layers=[0,17]", "--model", "tiny-llava", "--prompt", "hi", "--image", "IMG"],
-     "vhr.layers: layers [17] out of range"),
+     "vhr.layers: 17 is out of range (allowed: 0..3)"),
     (["--method", "vhr", "--model", "tiny-llama", "--prompt", "hi"], "needs a vision-language model"),
     (["--method", "vhr", "--model", "tiny-llava", "--prompt", "hi"], "every prompt needs an image"),
     (["--method", "vhr", "--model", "tiny-llava", "--prompt", "hi", "--image", "/nonexistent.png"],

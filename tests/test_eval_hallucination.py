@@ -443,12 +443,12 @@ def test_pope_bad_lines_and_images_are_isolated(coco: SimpleNamespace, baseline:
 
 def test_pope_input_errors_name_the_problem(coco: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import hookkit.cli.eval_hallucination as cli
+    import hookkit.cli.evaluation as cli
 
-    def no_model(args: Any) -> Any:
+    def no_model(args: Any, state: Any) -> Any:
         raise AssertionError("bad input must be reported before the model is loaded")
 
-    monkeypatch.setattr(cli, "load_model", no_model)
+    monkeypatch.setattr(cli, "load_for_eval", no_model)
     out = tmp_path / "x"
     assert main(_pope_args(coco, out, files=[str(tmp_path / "nope_random.json")])) == 2
     assert "nope_random.json" in capsys.readouterr().err

@@ -256,7 +256,8 @@ def test_cli_passkey_resume_and_refusal(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_cli_rope_scaling_changes_the_model_beyond_trained_length(tmp_path: Path) -> None:
-    from hookkit.cli.eval_longctx import load_for_eval, rope_parameters
+    from hookkit.cli.evaluation import load_for_eval, rope_parameters
+    from hookkit.evals.runner import get_state
 
     assert rope_parameters("tiny-llama", ("dynamic", 2.0)) == {"rope_type": "dynamic", "factor": 2.0,
                                                                 "rope_theta": 10000.0}
@@ -265,7 +266,7 @@ def test_cli_rope_scaling_changes_the_model_beyond_trained_length(tmp_path: Path
         model, dtype, device_map, attn_implementation, threads = "tiny-llama", "float32", None, "sdpa", None
         rope_scaling = ("dynamic", 2.0)
 
-    ntk, _, info = load_for_eval(Args())
+    ntk, _, info = load_for_eval(Args(), get_state())
     assert info["rope_parameters"]["rope_type"] == "dynamic"
     stock, _ = load_tiny("tiny-llama")[:2]
     ids = torch.randint(4, 400, (1, 1100), generator=torch.Generator().manual_seed(2))  # > 1024 trained positions

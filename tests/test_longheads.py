@@ -18,7 +18,7 @@ import torch
 from conftest import load_tiny
 
 import hookkit
-from hookkit.core.intervention import Intervention
+from hookkit.core.intervention import Binding, Intervention
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError
@@ -67,11 +67,10 @@ class RefLongHeads(Intervention):
     def bind(self, model):
         self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
         self.inv_freq = model.text_model.rotary_emb.inv_freq
+        self.split = model.split_query_key  # q_proj/k_proj outputs, or Phi-3's fused qkv_proj
         layers = frozenset(range(model.num_layers))
-        return {Site.LINEAR: layers, Site.ATTENTION: layers}
-
-    def linear_targets(self):
-        return ["self_attn.q_proj", "self_attn.k_proj"]
+        return Binding({Site.LINEAR: layers, Site.ATTENTION: layers},
+                       linear_targets=tuple(model.query_key_targets()))
 
     def new_state(self, sample):
         n_pad = (sample.regions == int(Region.PADDING)).sum(1).tolist()
@@ -95,9 +94,9 @@ class RefLongHeads(Intervention):
     def attention(self, call, state):
         B, Q = call.query.shape[0], call.q_len
         past, w, K = call.forward.past_length, self.chunk_size, self.atten_length // self.chunk_size
-        pend = state["pending"].pop(call.layer)
-        q_all = pend["self_attn.q_proj"].view(B, Q, self.H, self.D)
-        k_all = pend["self_attn.k_proj"].view(B, Q, self.Hkv, self.D)
+        q_flat, k_flat = self.split(state["pending"].pop(call.layer))
+        q_all = q_flat.reshape(B, Q, self.H, self.D)
+        k_all = k_flat.reshape(B, Q, self.Hkv, self.D)
         out = torch.zeros(B, Q, self.H, self.D, dtype=call.query.dtype)
         rep = self.H // self.Hkv
         for b in range(B):
@@ -274,8 +273,8 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, m
 ], ids=["official", "official-kv", "official-noself", "default", "default-kv", "block", "token-maxkey", "recent-maxkey",
         "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
-                                                          settings: dict[str, Any]) -> None:
-    model, _, info = tiny()
+                                                          settings: dict[str, Any], name: str = "tiny-llama") -> None:
+    model, _, info = tiny(name)
     ids = prompt(63, seed=3, distinct=settings.get("tail_selection", "max_key") == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
               **settings)
@@ -396,8 +395,55 @@ def test_parameter_errors_name_the_field() -> None:
 def test_default_atten_length_follows_the_trained_length() -> None:
     model, _, _ = load_tiny("tiny-llama")
     iv = LongHeads()
-    with hookkit.attach(model, iv):
-        assert (iv._atten, iv._begin, iv._K) == (1024, 1024, 4)  # min(4096, 1024 trained positions)
+    with hookkit.attach(model, iv) as session:
+        resolved = session.resolved(iv)
+        assert (resolved.atten, resolved.begin, resolved.K) == (1024, 1024, 4)  # min(4096, 1024 trained positions)
+
+
+@pytest.mark.parametrize("settings", [OFFICIAL, DEFAULTS], ids=["official", "default"])
+def test_fused_qkv_projection_matches_the_reference(settings: dict[str, Any]) -> None:
+    """Phi-3's fused qkv_proj: raw queries and keys come from splitting its output (one LINEAR target)."""
+    test_matches_per_token_reference_prefill_and_decode("query_head", True, settings, name="tiny-phi3")
+
+
+def _rope_variant(kind: str):
+    """A tiny model of each RoPE variant LongHeads' own rotation does not reproduce."""
+    import transformers as T
+
+    from hookkit.models.tiny import TEXT_CONFIG
+
+    torch.manual_seed(0)
+    if kind == "interleaved":  # Cohere: pairs (2i, 2i+1), cos/sin repeat_interleave'd
+        model = T.CohereForCausalLM(T.CohereConfig(**TEXT_CONFIG))
+    elif kind == "partial":  # StableLm: RoPE on a quarter of each head
+        model = T.StableLmForCausalLM(T.StableLmConfig(**TEXT_CONFIG))
+    elif kind == "no_rope_layers":  # SmolLM3: every 4th layer without RoPE
+        model = T.SmolLM3ForCausalLM(T.SmolLM3Config(**TEXT_CONFIG, no_rope_layer_interval=4))
+    else:  # Phi-2: partial rotary and an output projection named dense
+        model = hookkit.load("tiny-phi")[0]
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("interleaved", "rotates differently"), ("partial", "partial rotary"), ("phi", "partial rotary"),
+    ("no_rope_layers", "apply no rotary embedding"),
+])
+def test_rope_variants_it_cannot_reproduce_are_refused_at_attach(kind: str, reason: str) -> None:
+    model = _rope_variant(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match=reason):
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+    assert getattr(model, "_hookkit_session", None) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_no_rope_layers_can_be_left_out() -> None:
+    """SmolLM3-style models: the layers that do apply RoPE can still take LongHeads."""
+    model = _rope_variant("no_rope_layers")
+    rope_layers = [i for i, layer in enumerate(model.model.layers) if layer.self_attn.use_rope]
+    assert 0 < len(rope_layers) < len(model.model.layers)
+    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, layers=rope_layers)):
+        pass
 
 
 @pytest.mark.parametrize("name", ["tiny-mistral", "tiny-gemma3", "tiny-qwen2-vl"])

@@ -15,7 +15,7 @@ import hookkit
 from hookkit.errors import ConfigError, HookkitError
 from hookkit.methods.noop import Noop
 from hookkit.models import loading
-from hookkit.models.tiny import TINY_MODELS, tiny_model_path
+from hookkit.models.tiny import tiny_model_path, tiny_models
 
 pytestmark = pytest.mark.seam  # the seam-sensitive set CI also runs on the newest transformers
 
@@ -25,10 +25,10 @@ def test_tiny_models_are_real_checkpoint_folders(name: str) -> None:
     path = tiny_model_path(name)
     assert (path / "config.json").exists() and (path / "model.safetensors").exists()
     model, processor = hookkit.load(str(path))  # the local-folder path, not the alias
-    assert type(model).__name__ == TINY_MODELS[name].model_class
+    assert type(model).__name__ == tiny_models()[name].model_class
     info = hookkit.get_model_info(model)
-    assert info.family == TINY_MODELS[name].family
-    assert info.is_vlm == (TINY_MODELS[name].family not in ("llama", "qwen2", "mistral"))
+    assert info.family == tiny_models()[name].family
+    assert info.is_vlm == (tiny_models()[name].family not in ("llama", "qwen2", "mistral", "phi3", "phi"))
 
 
 def test_hub_ids_go_through_from_pretrained(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -211,8 +211,10 @@ def test_conventions_code_and_paper_are_both_reachable() -> None:
              ({"p_move": 0.6}, 0.6, 0.5), ({"rho_code": 0.2}, 0.4, 0.8), ({"rho": 0.9}, 0.4, 0.9)]
     for params, p_move, rho in cases:
         var = VAR(sink_dims=DIMS, **params)
-        with hookkit.attach(model, var):
-            assert var.effective == pytest.approx({"p_move": p_move, "rho": rho})
+        assert var.effective == pytest.approx({"p_move": p_move, "rho": rho})
+        with hookkit.attach(model, var) as session:
+            settings = session.resolved(var)
+            assert (settings.p_move, settings.rho) == pytest.approx((p_move, rho))
 
 
 @pytest.mark.parametrize("params,field", [

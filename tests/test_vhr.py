@@ -11,7 +11,7 @@ from test_session import assert_same, snapshot
 import hookkit
 from hookkit.errors import ConfigError, InputError, UnsupportedModelError
 from hookkit.generation import generate
-from hookkit.methods.vhr import VHR, compute_vhd, default_vhr_layers, select_heads
+from hookkit.methods.vhr import VHR, compute_vhd, select_heads
 
 PROMPTS = ["Describe this image in detail.", "Is there a dog in the image?"]
 
@@ -160,16 +160,30 @@ def test_alpha_two_changes_the_output() -> None:
 
 
 def test_default_layers_follow_the_paper_and_scale_with_depth() -> None:
-    assert default_vhr_layers("llava", 32) == [1, *range(18, 32)]
-    assert default_vhr_layers("instructblip", 32) == list(range(14, 32))
-    assert default_vhr_layers("qwen2_vl", 28) == [1, *range(16, 28)]
-    assert default_vhr_layers("llava", 4) == [1, 2, 3]
+    from hookkit.models.instructblip import InstructBlipAdapter
+    from hookkit.models.llava import LlavaAdapter
+    from hookkit.models.qwen_vl import Qwen2VLAdapter
+
+    assert LlavaAdapter().vhr_layers(32) == [1, *range(18, 32)]
+    assert InstructBlipAdapter().vhr_layers(32) == list(range(14, 32))
+    assert Qwen2VLAdapter().vhr_layers(28) == [1, *range(16, 28)]
+    assert LlavaAdapter().vhr_layers(4) == [1, 2, 3]
+
+
+def test_bind_resolves_layers_without_touching_the_method() -> None:
+    """The resolved layer set lives in the session's binding, so one VHR instance serves models of any depth."""
+    vhr = VHR()
+    for name in ("tiny-llava", "tiny-instructblip"):
+        model, _, info = load_tiny(name)
+        with hookkit.attach(model, vhr) as session:
+            assert session.resolved(vhr) == info.adapter.vhr_layers(info.num_layers)
+    assert vhr.layers is None and not [k for k in vars(vhr) if k.startswith("_") and k != "_fixed_mask"]
 
 
 def test_plain_generate_without_the_reference_branch_explains_itself() -> None:
     model, processor, info = load_tiny("tiny-llava")
     batch = info.adapter.build_inputs(processor, PROMPTS[:1], [make_image(0)])
-    with hookkit.attach(model, VHR()), pytest.raises(RuntimeError, match="hookkit.generate"):
+    with hookkit.attach(model, VHR()), pytest.raises(RuntimeError, match=r"hookkit\.generation\.generate"):
         model.generate(**batch, max_new_tokens=2)
 
 

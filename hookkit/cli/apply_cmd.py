@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from hookkit.cli.common import add_method_args, add_model_args, load_model, recipe_from_args
+from hookkit.cli.common import add_method_args, add_model_args, load_model, print_json, recipe_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image, field="--image") if args.image else None  # before the (slow) model load
     model, processor = load_model(args)
     info = hookkit.get_model_info(model)
-    mismatch = recipe.check_model(info.fingerprint())
-    if mismatch:
-        raise ConfigError("--recipe", "made for another model: " + "; ".join(mismatch))
+    recipe.require_model(info.fingerprint())  # before the stock run of --compare (attach checks it again)
 
     gen = {"max_new_tokens": args.max_new_tokens}
     stock = generate(model, processor, [args.prompt], [image], **gen) if args.compare else None
@@ -52,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if stock is not None:
         record["stock"] = {"text": stock.texts[0], "token_ids": stock.new_token_ids[0], "timings": stock.timings}
     if args.json:
-        print(json.dumps(record))
+        print_json(record, indent=None)
         return 0
     label = " + ".join(iv.describe() for iv in interventions)
     if stock is not None:

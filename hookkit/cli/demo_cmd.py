@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 from hookkit import compat
+from hookkit.cli.common import int_list, parse_param_strings
 from hookkit.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from hookkit.cli.eval_longctx import FAST_DTYPE, int_list
+    from hookkit.models.loading import FAST_DTYPE
 
     p.add_argument("--model", default="smollm2", help="model alias or folder (default smollm2, embedded)")
     p.add_argument("--length", type=int_list, default=[12288], metavar="N",
@@ -53,10 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import hookkit
-    from hookkit.cli.eval_longctx import resolve_dtype
     from hookkit.evals.passkey_task import PasskeyTask
-    from hookkit.methods.longheads import LongHeads
-    from hookkit.methods.registry import parse_param_strings
+    from hookkit.methods.registry import build_method
+    from hookkit.models.loading import resolve_dtype
 
     if args.trials < 1:
         raise ConfigError("--trials", f"expected a positive integer, got {args.trials}")
@@ -66,14 +66,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype)
     length = args.length[0]
-    params = parse_param_strings(args.param)
+    method = build_method("longheads", parse_param_strings(args.param))  # bad names fail before the model loads
     model, tokenizer = hookkit.load(args.model, dtype=dtype)  # prints the install command if SmolLM2 is missing
     trained = getattr(compat.text_config(model.config), "max_position_embeddings", None)
     print(f"hookkit demo: passkey retrieval at {length} tokens on {args.model} ({dtype}, trained to {trained} "
           f"tokens, {torch.get_num_threads()} threads), {args.trials} trials per method")
     task = PasskeyTask(tokenizer, [length], args.trials, trial_seed=args.trial_seed)
     task.model = model
-    method = LongHeads(**params)
     rows = []
     t0 = time.perf_counter()
     for name, iv in (("stock", None), ("longheads", method)):

@@ -1,11 +1,9 @@
 """``hookkit eval TASK ...``: run an evaluation task through the shared runner (``hookkit.evals.runner``).
 
-Each task family keeps its sub-parsers in its own module and exposes ``add_<name>_parser(subparsers)``; that
-function adds the task's sub-parser(s) and sets ``eval_run`` (a ``callable(args) -> int``) with ``set_defaults``.
-Register a family with one line in :func:`add_arguments`.
+The tasks come from ``hookkit.registry.TASKS``: the built-in ones (``hookkit/cli/tasks/``) and any installed
+through the ``hookkit.tasks`` entry point. Each is a ``TaskCommand``; its sub-parser gets ``eval_task`` as default.
 
-``hookkit eval --task TASK ...`` is the same as ``hookkit eval TASK ...`` (the spelling of the issue and of
-lm-eval's ``--tasks``).
+``hookkit eval --task TASK ...`` is the same as ``hookkit eval TASK ...`` (lm-eval's ``--tasks`` spelling).
 """
 
 from __future__ import annotations
@@ -30,26 +28,24 @@ class _TaskOption(argparse.Action):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hookkit.registry import TASKS
+
     subparsers = p.add_subparsers(dest="task", metavar="TASK", title="tasks")
-    from hookkit.cli.eval_hallucination import add_chair_parser, add_pope_parser
-
-    add_pope_parser(subparsers)
-    add_chair_parser(subparsers)
-    from hookkit.cli.eval_longctx import add_longppl_parser, add_niah_parser, add_passkey_parser  # issue 6
-
-    add_passkey_parser(subparsers)
-    add_niah_parser(subparsers)
-    add_longppl_parser(subparsers)
+    for name, task in TASKS.items():
+        description = f"{task.help}. {task.description}".strip() if task.description else task.help
+        sub = subparsers.add_parser(name, help=task.help, description=description)
+        task.add_arguments(sub)
+        sub.set_defaults(eval_task=task)
     p.add_argument("--task", action=_TaskOption, subparsers=subparsers, nargs=argparse.PARSER, dest="task",
                    metavar="TASK", help="the task and its options (same as the positional TASK)")
 
 
 def run(args: argparse.Namespace) -> int:
-    task_run = getattr(args, "eval_run", None)
-    if task_run is None:
+    task = getattr(args, "eval_task", None)
+    if task is None:
         raise ConfigError("eval", "no task given: use `hookkit eval TASK ...` (see `hookkit eval --help`)")
-    return int(task_run(args) or 0)
+    return int(task.run(args) or 0)
 
 
-COMMAND = ("eval", "run an evaluation task (POPE, CHAIR, passkey, NIAH, long-context perplexity) and write results "
-           "JSON + per-sample JSONL", add_arguments, run)
+COMMAND = ("eval", "run an evaluation task (POPE, CHAIR, passkey, NIAH, long-context perplexity, plug-ins) and write "
+           "results JSON + per-sample JSONL", add_arguments, run)

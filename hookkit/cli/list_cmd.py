@@ -13,8 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hookkit.methods.registry import get_method, method_names, method_parameters
-    from hookkit.models.adapters import supported_families
+    from hookkit.models.families import supported_families
     from hookkit.models.loading import all_aliases
+    from hookkit.registry import TASKS
 
     methods = {}
     for name in method_names():
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
         doc = (cls.__doc__ or "").strip().splitlines()
         methods[name] = {"summary": doc[0] if doc else "", "vision_only": cls.requires_vision,
                          "parameters": method_parameters(cls)}
-    data = {"methods": methods, "models": all_aliases(), "families": supported_families()}
+    data = {"methods": methods, "models": all_aliases(), "families": supported_families(),
+            "tasks": {name: task.help for name, task in TASKS.items()}}
     if args.json:
         print_json(data)
         return 0
@@ -41,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     for family, types in data["families"].items():
         print(f"  {family:<12} {', '.join(types)}")
     print("  (other decoders: generic discovery of the text stack)")
+    print("\nEval tasks (hookkit eval TASK)")
+    for name, help_text in data["tasks"].items():
+        print(f"  {name:<12} {help_text}")
+    print("\nPlug-ins add methods, families and tasks through the hookkit.methods, hookkit.families and hookkit.tasks "
+          "entry points (docs/writing-a-method.md, docs/adding-a-model.md).")
     return 0
 
 
-COMMAND = ("list", "list methods, their parameters and defaults, and model aliases", add_arguments, run)
+COMMAND = ("list", "list methods (parameters, defaults), model aliases, architecture families and eval tasks",
+           add_arguments, run)

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import hookkit
+    from hookkit.cli.common import parse_param_strings
     from hookkit.errors import ConfigError
-    from hookkit.methods.adapters import adapter_method_names
-    from hookkit.methods.registry import build_method, parse_param_strings
+    from hookkit.methods.registry import build_method
+    from hookkit.methods.trainable import adapter_method_names
     from hookkit.methods.training import TrainConfig, Trainer, load_corpus
 
     if args.threads:

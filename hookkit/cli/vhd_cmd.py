@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from hookkit.cli.common import add_model_args, load_model
+from hookkit.cli.common import add_model_args, load_model, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(json_path, data)
         print(f"values written to {json_path}")
     else:
-        print(json.dumps(data))
+        print_json(data, indent=None)
     return 0
 
 

@@ -2,10 +2,12 @@
 
 An intervention is plain configuration plus callbacks (in the spirit of PEFT's config/layer split):
 
-* ``bind(model)`` validates the parameters against the model and returns the **sites** it touches, per layer.
-  It must not modify the model: a failed bind leaves nothing half-applied.
-* ``new_state(sample)`` creates the per-sample state. The session calls it at every new input (every prefill)
-  and passes the result back to every callback as ``state``. Nothing lives in class-level globals.
+* ``bind(model)`` validates the parameters against the model and returns a ``Binding``: the **sites** it touches,
+  per layer, and the parameters it **resolved** for that model. It changes neither the model nor itself: a failed
+  bind leaves nothing half-applied.
+* ``new_state(sample)`` creates the per-sample state from ``sample.resolved`` (and the sample). The session calls
+  it at every new input (every prefill) and passes the result back to every callback as ``state``. Nothing lives
+  in class-level globals.
 * One callback per declared site (see ``hookkit.core.sites.Site``). A callback that returns ``None`` leaves the
   tensor untouched, so a no-op costs a Python call and nothing else.
 """
@@ -22,12 +24,28 @@ import torch
 from hookkit.compat import sdpa_attention
 from hookkit.core.regions import Region, region_from_name
 from hookkit.core.sites import Site
+from hookkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from hookkit.models.base import ModelInfo
 
 SitePlan = dict[Site, frozenset[int]]  # site -> layer indices (empty for model-level sites such as logits)
 _UNCHANGED: Any = object()  # AttnCall.stock(attention_mask=...) default: keep the call's own mask
+
+
+@dataclass
+class Binding:
+    """``Intervention.bind``'s answer for one model.
+
+    ``sites``: the layers it touches per site; ``linear_targets``: the sub-modules its ``LINEAR`` site hooks;
+    ``resolved``: the parameters it resolved for this model (defaults filled in, validated), handed back to it as
+    ``SampleInfo.resolved`` in every ``new_state``. Keeping them here rather than on ``self`` leaves an intervention
+    pure configuration, so the same instance can be bound to another model without stale values.
+    """
+
+    sites: SitePlan
+    linear_targets: tuple[str, ...] = ()
+    resolved: Any = None
 
 
 @dataclass
@@ -41,6 +59,8 @@ class SampleInfo:
     model: ModelInfo
     #: per-sample options an orchestrator handed to this intervention (e.g. VHR's paired no-image rows)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: what this intervention's ``bind`` resolved for the model (``Binding.resolved``)
+    resolved: Any = None
 
 
 @dataclass
@@ -231,9 +251,13 @@ class Intervention:
     name: ClassVar[str] = "intervention"
     #: True for methods that need an image in the prompt (VHR, VAR): refused on text-only models
     requires_vision: ClassVar[bool] = False
+    #: True for methods that keep nothing per batch row across decoding steps, so generation modes that reorder or
+    #: crop the KV cache (beam search, assisted decoding) cannot desynchronise them; the others are refused there
+    supports_cache_reordering: ClassVar[bool] = False
 
-    def bind(self, model: ModelInfo) -> SitePlan:
-        """Validate against ``model`` and return the sites touched per layer. Must not modify the model."""
+    def bind(self, model: ModelInfo) -> Binding | SitePlan:
+        """Validate against ``model`` and return a ``Binding`` (sites per layer, linear targets, resolved
+        parameters), or just the sites per layer. Must not modify the model, nor ``self``."""
         raise NotImplementedError
 
     def new_state(self, sample: SampleInfo) -> Any:
@@ -246,7 +270,7 @@ class Intervention:
 
     def reference_branch(self) -> str | None:
         """``"lockstep"`` or ``"probe"`` when the method compares each prompt with its no-image version (VHR);
-        ``hookkit.generate`` then runs that branch. None (the default) for everything else."""
+        ``hookkit.generation.generate`` then runs that branch. None (the default) for everything else."""
         return None
 
     def probe_result(self, state: Any) -> dict[str, Any]:
@@ -259,6 +283,32 @@ class Intervention:
             return None
         raise NotImplementedError(f"{self.name} cannot drop batch rows of its state, so it cannot be combined "
                                   "with a lock-step reference branch (VHR)")
+
+    @classmethod
+    def parameters(cls) -> list[dict[str, Any]]:
+        """Name, default and help of every parameter (the dataclass fields and their ``metadata["help"]``)."""
+        params = []
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            params.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+        return params
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None = None) -> Intervention:
+        """An instance from a parameter dict; an unknown name is a ``ConfigError`` listing the allowed ones."""
+        params = dict(params or {})
+        allowed = [p["name"] for p in cls.parameters()]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{cls.name}.{unknown[0]}", "unknown parameter", allowed)
+        return cls(**params)
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable parameters (for recipes): by default the dataclass fields; tensors go in ``tensors()``."""
@@ -290,7 +340,8 @@ class Intervention:
         return None
 
     def linear_targets(self) -> list[str]:
-        """Sub-module paths inside a decoder layer hooked by the ``LINEAR`` site, e.g. ``["self_attn.q_proj"]``."""
+        """Sub-module paths inside a decoder layer hooked by the ``LINEAR`` site, e.g. ``["self_attn.q_proj"]``,
+        for methods whose ``bind`` returns a plain site plan (a ``Binding`` names them itself)."""
         return []
 
     def linear_output(self, ctx: HookContext, state: Any, target: str, inputs: torch.Tensor,

@@ -26,6 +26,7 @@ import torch
 
 from hookkit.core.intervention import Intervention
 from hookkit.errors import ConfigError
+from hookkit.registry import METHODS
 
 RECIPE_VERSION = 1
 
@@ -59,11 +60,9 @@ class Recipe:
         return cls([MethodSpec(method, dict(params or {}))])
 
     def build_interventions(self) -> list[Intervention]:
-        from hookkit.methods.registry import build_method
-
         out = []
         for i, spec in enumerate(self.methods):
-            iv = build_method(spec.method, spec.params)
+            iv = METHODS.get(spec.method).from_params(spec.params)
             prefix = f"{i}."
             own = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
             if own:
@@ -110,7 +109,7 @@ class Recipe:
             data["tensors"] = tensor_file.name
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
+            json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)  # strict JSON only
             fh.write("\n")
         os.replace(tmp_name, path)
         return path
@@ -135,9 +134,15 @@ class Recipe:
                 raise ConfigError(f"{source}.methods[{i}].params", "must be an object")
             specs.append(MethodSpec(m["method"], params))
         allow = data.get("allow_stacking", False)
-        if not isinstance(allow, (bool, list)):
+        if not isinstance(allow, (bool, list)) or (isinstance(allow, list) and not all(isinstance(a, str)
+                                                                                          for a in allow)):
             raise ConfigError(f"{source}.allow_stacking", "must be true/false or a list of site names")
+        model = data.get("model")
+        if model is not None and not isinstance(model, dict):
+            raise ConfigError(f"{source}.model", "must be an object (the model fingerprint) or absent")
         tensors: dict[str, torch.Tensor] = {}
+        if data.get("tensors") and not isinstance(data["tensors"], str):
+            raise ConfigError(f"{source}.tensors", "must be the name of a safetensors file beside the recipe")
         if data.get("tensors"):
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -149,7 +154,7 @@ class Recipe:
                 tensors = load_file(str(tensor_path))
             except (SafetensorError, OSError, ValueError) as exc:
                 raise ConfigError(f"{source}.tensors", f"{tensor_path} is not a valid safetensors file: {exc}") from exc
-        return cls(specs, allow, data.get("model"), tensors)
+        return cls(specs, allow, model, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -161,6 +166,13 @@ class Recipe:
         except json.JSONDecodeError as exc:
             raise ConfigError("recipe", f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data, base_dir=path.parent, source=str(path.name))
+
+    def require_model(self, fingerprint: dict[str, Any]) -> None:
+        """Raise ``ConfigError`` when the recipe was made for another model (``hookkit.attach`` calls this, so
+        every entry point applies the same check)."""
+        mismatch = self.check_model(fingerprint)
+        if mismatch:
+            raise ConfigError("recipe.model", "the recipe was made for another model: " + "; ".join(mismatch))
 
     def check_model(self, fingerprint: dict[str, Any]) -> list[str]:
         """Differences between the recipe's model fingerprint and ``fingerprint`` (shape-relevant keys only)."""

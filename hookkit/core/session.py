@@ -25,14 +25,16 @@ from torch.utils.hooks import RemovableHandle
 
 from hookkit import compat
 from hookkit.core.attention import EAGER_NAME, LAYER_ATTR, SDPA_NAME, LayerAttention, register_attention_functions
-from hookkit.core.intervention import ForwardContext, HookContext, Intervention, SampleInfo, SitePlan
+from hookkit.core.intervention import Binding, ForwardContext, HookContext, Intervention, SampleInfo, SitePlan
 from hookkit.core.regions import REGION_NAMES, TokenTracker
 from hookkit.core.sites import ATTENTION_LEVEL_SITES, MODEL_LEVEL_SITES, READ_ONLY_SITES, Site
-from hookkit.errors import AttachError, ConfigError, UnsupportedModelError
-from hookkit.models.adapters import adapter_for
+from hookkit.errors import AttachError, ConfigError, InputError, UnsupportedModelError
 from hookkit.models.base import ModelInfo, inspect_model
+from hookkit.models.families import adapter_for
 
 SESSION_ATTR = "_hookkit_session"
+#: cache implementations whose keys are not the last K tracked slots (transformers-v5.md §3.2)
+STATIC_CACHES = frozenset({"static", "offloaded_static", "sliding_window", "hybrid", "hybrid_chunked"})
 _SUPPORTED_BASES = {"sdpa": SDPA_NAME, "eager": EAGER_NAME}
 
 
@@ -44,7 +46,11 @@ def get_model_info(model: nn.Module) -> ModelInfo:
 @dataclass
 class _Bound:
     intervention: Intervention
-    plan: SitePlan
+    binding: Binding
+
+    @property
+    def plan(self) -> SitePlan:
+        return self.binding.sites
 
 
 class Session:
@@ -84,7 +90,10 @@ class Session:
                 raise UnsupportedModelError(
                     f"method {iv.name!r} needs a vision-language model, but {type(self.model).__name__} "
                     f"(family {self.info.family!r}) is text-only")
-            plan = iv.bind(self.info)
+            binding = iv.bind(self.info)
+            if not isinstance(binding, Binding):  # a plain site plan; LINEAR targets come from the method
+                binding = Binding(binding, tuple(iv.linear_targets()))
+            plan = binding.sites
             for site, layers in plan.items():
                 bad = [layer for layer in layers if not 0 <= layer < self.info.num_layers]
                 if bad:
@@ -92,7 +101,7 @@ class Session:
                                       f"{self.info.num_layers}-layer model", f"0..{self.info.num_layers - 1}")
                 if site in MODEL_LEVEL_SITES and layers:
                     raise ConfigError(f"{iv.name}.sites", f"site {site.value!r} takes no layers")
-            bound.append(_Bound(iv, plan))
+            bound.append(_Bound(iv, binding))
         self._check_conflicts(bound)
         return bound
 
@@ -111,7 +120,7 @@ class Session:
                     if site == Site.ATTENTION:
                         kernels[layer] = b.intervention.name
                     if site == Site.LINEAR:  # conflicts are per target module, checked below
-                        for target in b.intervention.linear_targets():
+                        for target in b.binding.linear_targets:
                             linear_writers[(layer, target)].append(b.intervention.name)
                     elif site not in READ_ONLY_SITES and b.intervention.writes(site):
                         writers[(site, layer)].append(b.intervention.name)
@@ -176,11 +185,18 @@ class Session:
             self._remove_everything()
             raise
 
+    def _binding(self, iv: Intervention) -> Binding:
+        return next(b.binding for b in self._bound if b.intervention is iv)
+
+    def resolved(self, iv: Intervention) -> Any:
+        """What ``iv.bind`` resolved for this model (``Binding.resolved``)."""
+        return self._binding(iv).resolved
+
     def _install_linear_hooks(self, layer: int, ivs: list[Intervention]) -> None:
         decoder_layer = self.info.decoder_layers[layer]
         targets: dict[str, list[Intervention]] = defaultdict(list)
         for iv in ivs:
-            for target in iv.linear_targets():
+            for target in self._binding(iv).linear_targets:
                 targets[target].append(iv)
         for target, target_ivs in targets.items():
             try:
@@ -224,6 +240,12 @@ class Session:
                 f"attention-level sites need the text tower on sdpa or eager, but it uses {previous!r}; reload with "
                 f"attn_implementation='sdpa' (hookkit keeps untouched layers on the stock sdpa path)")
         name = _SUPPORTED_BASES[previous]
+        with_sinks = [layer for layer in layers if getattr(self.info.attentions[layer], "sinks", None) is not None]
+        if with_sinks:  # GPT-OSS: a learned sink logit per head (s_aux) that hookkit's attention paths do not add
+            raise UnsupportedModelError(
+                f"layers {with_sinks} have learned attention sinks (s_aux, GPT-OSS style), which hookkit's "
+                "score_bias/probs/attention sites do not support; sites outside the attention function "
+                "(head_output, layer_input, linear, logits) work")
         for layer in layers:
             kernel = per_site[Site.ATTENTION][layer]
             module = self.info.attentions[layer]
@@ -281,10 +303,39 @@ class Session:
         self._saved_generate = vars(model).get("generate")
 
         def generate(*args: Any, **kwargs: Any) -> Any:
+            self.check_generation(kwargs)
             self._stash_inputs(model, (), kwargs)
             return original(*args, **kwargs)
 
         model.generate = generate
+
+    def check_generation(self, generate_kwargs: dict[str, Any]) -> None:
+        """Refuse, before anything runs, generation modes the attached methods cannot follow.
+
+        Every cache slot must stay the slot the session tracked: a static cache returns slots the tracker never saw
+        (pitfall 5), beam search reorders rows and assisted decoding crops the cache (pitfall 14), which would
+        desynchronise per-row method state (VHR's paired rows and head sets, VAR's sinks, LongHeads' chunks).
+        """
+        config = generate_kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+
+        def setting(name: str) -> Any:
+            return generate_kwargs[name] if name in generate_kwargs else getattr(config, name, None)
+
+        cache = compat.cache_from_kwargs(generate_kwargs)
+        static = setting("cache_implementation") in STATIC_CACHES or "Static" in type(cache).__name__
+        if static:
+            raise InputError(f"hookkit sessions need a dynamic KV cache, but this generate call asks for a static "
+                             f"one (cache_implementation={setting('cache_implementation')!r}, cache "
+                             f"{type(cache).__name__}); use the default dynamic cache")
+        modes = []
+        if (setting("num_beams") or 1) > 1:
+            modes.append(f"beam search (num_beams={setting('num_beams')})")
+        if generate_kwargs.get("assistant_model") is not None or setting("prompt_lookup_num_tokens"):
+            modes.append("assisted decoding")
+        unsafe = sorted({iv.name for iv in self.interventions if not iv.supports_cache_reordering})
+        if modes and unsafe:
+            raise InputError(f"{', '.join(unsafe)} cannot follow {' and '.join(modes)}: it reorders or crops the KV "
+                             "cache rows its per-row state refers to; use greedy or sampled decoding (num_beams=1)")
 
     def _unwrap_generate(self) -> None:
         if not hasattr(self, "_had_generate_attr"):
@@ -343,7 +394,7 @@ class Session:
         for b in self._bound:
             sample = SampleInfo(batch_size=input_ids.shape[0], prompt_length=input_ids.shape[1],
                                 regions=self.tracker.regions, input_ids=input_ids, model=self.info,
-                                extras=dict(extras.get(b.intervention, {})))
+                                extras=dict(extras.get(b.intervention, {})), resolved=b.binding.resolved)
             self.states[b.intervention] = b.intervention.new_state(sample)
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -460,7 +511,7 @@ def describe_model(info: ModelInfo) -> dict[str, Any]:
 def _module_path(model: nn.Module, target: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is target:
-            return name.rsplit(".", 2)[0] + ".<i>.self_attn" if ".layers." in name else name
+            return name.rsplit(".", 2)[0] + ".<i>." + name.rsplit(".", 1)[-1] if ".layers." in name else name
     return "?"
 
 
@@ -472,13 +523,28 @@ def attach(model: nn.Module, interventions: Intervention | Iterable[Intervention
     """
     from hookkit.core.recipe import Recipe
 
+    info = None
     if isinstance(interventions, Recipe):
         recipe = interventions
+        # Every entry point (the API, `hookkit apply`, `hookkit eval`, the harness plug-ins) attaches through here,
+        # so a recipe made for another architecture is refused in one place.
+        info = get_model_info(model)
+        recipe.require_model(info.fingerprint())
         interventions = recipe.build_interventions()
         if allow_stacking is None:
             allow_stacking = recipe.allow_stacking
     elif isinstance(interventions, Intervention):
         interventions = [interventions]
-    session = Session(model, list(interventions), allow_stacking=allow_stacking or False)
+    elif isinstance(interventions, str):
+        raise ConfigError("interventions", f"got the string {interventions!r}; pass an Intervention (e.g. "
+                          f"hookkit.methods.build_method({interventions!r})), a list of them, or a Recipe")
+    if isinstance(interventions, (list, tuple)):
+        bad = [iv for iv in interventions if not isinstance(iv, Intervention)]
+    else:
+        bad = [interventions]
+    if bad:
+        raise ConfigError("interventions", f"expected Intervention objects, a list of them, or a Recipe; got "
+                          f"{bad[0]!r:.80}")
+    session = Session(model, list(interventions), allow_stacking=allow_stacking or False, info=info)
     session._install()
     return session

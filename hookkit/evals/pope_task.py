@@ -229,6 +229,11 @@ class PopeTask(EvalTask):
         self._extra_config = dict(extra_config or {})
         self._image_cache: OrderedDict[Path, Image.Image] = OrderedDict()
         self._samples, self._malformed = self._read_all()
+        if not any("data_error" not in sample for sample in self._samples):
+            # Not one readable question: fail now, before a model is loaded, instead of scoring nothing.
+            first = next((sample["data_error"] for sample in self._samples), "the files are empty")
+            raise InputError(f"--data: nothing to evaluate: no valid POPE question in "
+                             f"{', '.join(str(p) for p in self.files.values())} (first problem: {first})")
 
     # ------------------------------------------------------------------ data
     def _read_all(self) -> tuple[list[Sample], dict[str, list[int]]]:

@@ -66,6 +66,7 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 from accelerate.utils import set_seed as _accelerate_set_seed
 from tqdm.auto import tqdm
 
+from hookkit.errors import InputError
 from hookkit.evals.schema import (
     build_results,
     collect_env_info,
@@ -88,6 +89,7 @@ PredictFn = Callable[[list[Sample]], list[Record]]
 
 __all__ = [
     "EvalTask",
+    "NothingScoredError",
     "OutputPaths",
     "SampleError",
     "SampleLog",
@@ -102,6 +104,10 @@ __all__ = [
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: model_info keys that may change between a run and its resume (placement, not the model itself).
 _RESUMABLE_MODEL_KEYS = frozenset({"device", "device_map", "max_memory", "offload_folder"})
+
+
+class NothingScoredError(InputError):
+    """An evaluation that scored no sample: it fails instead of reporting zeros."""
 
 
 class SampleError(Exception):
@@ -700,6 +706,11 @@ def evaluate(
     # 1. Samples: identical list in every process.
     all_samples = list(task.samples())
     samples = _apply_limit(all_samples, limit)
+    if not samples:
+        # Nothing would be scored: fail before any file is written, rather than report zeros.
+        why = f"--limit {limit} selects none of the {len(all_samples)} samples" if all_samples else \
+            "the task has no samples (empty data file, or no valid line in it)"
+        raise NothingScoredError(f"{name}: nothing to evaluate: {why}")
     ids = _check_ids(samples)
     ids_digest = sha256_of(ids)
 
@@ -723,7 +734,8 @@ def evaluate(
     digests = gather_object([ids_digest])
     if len(set(digests)) != 1:
         raise RuntimeError(f"task.samples() differs between processes (id hashes {digests}); it must be deterministic")
-    if state.is_main_process and (extended or not paths.manifest.exists()):
+    fresh = not paths.manifest.exists()
+    if state.is_main_process and (extended or fresh):
         write_json_atomic(paths.manifest, {"task": name, "fingerprint": sha256_of(fields), "fields": fields})
 
     seeds: dict[str, Any] = {}
@@ -738,20 +750,28 @@ def evaluate(
     others = [paths.samples, *(p for p in paths.shards() if p != own_path)]
     skip = {r["sample_id"] for r in _read_logs(others) if not (retry_errors and _is_error(r))}
     desc = name if world == 1 else f"{name} [rank {rank}/{world}]"
-    with SampleLog(own_path) as log:
-        run_samples(
-            shard,
-            predict,
-            log=log,
-            batch_size=batch_size,
-            resume=True,
-            desc=desc,
-            progress=progress and state.is_main_process,
-            skip_ids=skip,
-            retry_errors=retry_errors,
-            seed=seed if (seed is not None and reseed_per_batch) else None,
-        )
-        n_new = log.n_appended
+    try:
+        with SampleLog(own_path) as log:
+            run_samples(
+                shard,
+                predict,
+                log=log,
+                batch_size=batch_size,
+                resume=True,
+                desc=desc,
+                progress=progress and state.is_main_process,
+                skip_ids=skip,
+                retry_errors=retry_errors,
+                seed=seed if (seed is not None and reseed_per_batch) else None,
+            )
+            n_new = log.n_appended
+    except BaseException:
+        # A run that dies before logging anything (a crash on its first batch, Ctrl-C during model warm-up) leaves
+        # no half-made run folder behind: the same command can simply be run again.
+        if fresh and world == 1 and not any(p.exists() and p.stat().st_size for p in (own_path, *others)):
+            own_path.unlink(missing_ok=True)
+            paths.manifest.unlink(missing_ok=True)
+        raise
     rank_stats = {
         "rank": rank,
         "n_new": n_new,
@@ -843,7 +863,13 @@ def _finalize(
     error_ids = [r["sample_id"] for r in records if _is_error(r)]
     if error_ids:
         logger.warning("%s: %d of %d samples ended with an error record", paths.task, len(error_ids), len(records))
-    metrics = task.aggregate(ok)
+    # No scored sample: metrics are null (not the zeros an aggregate over nothing would give), and the run fails
+    # below, after the results file is written, so the error records can be inspected and retried.
+    if ok:
+        metrics = task.aggregate(ok)
+    else:
+        hib = task.higher_is_better() if hasattr(task, "higher_is_better") else {}
+        metrics = {key: None for key in hib}
 
     timings = summarize_timings(records, time.perf_counter() - t_start)
     n_new = sum(int(s["n_new"]) for s in all_stats)
@@ -890,4 +916,10 @@ def _finalize(
     if not keep_shard_logs and not extras:
         for p in shard_paths:
             p.unlink(missing_ok=True)
+    if not ok:
+        first = records[0] if records else {}
+        raise NothingScoredError(
+            f"{paths.task}: none of the {len(records)} samples could be scored (every one ended with an error; "
+            f"first: {first.get('error_type', '?')}: {first.get('error', '')}); metrics are null in "
+            f"{paths.results}. Fix the cause and rerun with --resume --retry-errors")
     return results

@@ -38,15 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookkit.core.intervention import HookContext, SampleInfo, SitePlan
+from hookkit.core.intervention import Binding, HookContext, SampleInfo
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError
-from hookkit.methods.adapters import AdapterIntervention
-from hookkit.methods.lora import (
-    DEFAULT_TARGETS,
+from hookkit.methods.low_rank import (
     Weight,
     check_rank_alpha,
+    check_seed,
     check_targets,
     get_module,
     kaiming_,
@@ -54,7 +53,7 @@ from hookkit.methods.lora import (
     put_module,
     resolve_layers,
 )
-from hookkit.methods.registry import register_method
+from hookkit.methods.trainable import AdapterIntervention
 from hookkit.models.base import ModelInfo
 
 #: variant name -> the reference's letter (methods-llm.md §3.2)
@@ -63,7 +62,7 @@ _BY_LETTER = {letter: name for name, letter in VARIANTS.items()}
 
 
 def variant_name(value: str) -> str:
-    if value in VARIANTS:
+    if isinstance(value, str) and value in VARIANTS:
         return value
     if isinstance(value, str) and value.upper() in _BY_LETTER:
         return _BY_LETTER[value.upper()]
@@ -133,7 +132,6 @@ class ALoRAModule(nn.Module):
         return self.lora_B(u) * self.scale, cache
 
 
-@register_method
 @dataclass(eq=False)
 class ALoRA(AdapterIntervention):
     """ALoRA (reconstruction): causal multi-head attention over LoRA codes of preceding tokens (trainable)."""
@@ -146,8 +144,9 @@ class ALoRA(AdapterIntervention):
     variant: str = field(default="residual", metadata={
         "help": "residual (A, default) | replace (B) | output (C) | gated (D) | input (E); see docs/methods/alora.md"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter input (training only)"})
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS),
-                                      metadata={"help": "linears inside each decoder layer"})
+    target_modules: list[str] | None = field(default=None, metadata={
+        "help": "linears inside each decoder layer (default: the query and value projections, as PEFT; the fused "
+                "qkv projection where there is one)"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers to adapt (default: all)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial weights"})
 
@@ -157,7 +156,7 @@ class ALoRA(AdapterIntervention):
         if not isinstance(self.num_heads, int) or isinstance(self.num_heads, bool) or self.num_heads < 1:
             raise ConfigError("alora.num_heads", f"expected a positive integer, got {self.num_heads!r}")
         layers = resolve_layers(self.name, self.layers, info.num_layers)
-        targets = check_targets(self.name, self.target_modules)
+        targets = check_targets(self.name, self.target_modules, info)
         for target in targets:
             d_in, d_out = linear_shape(info, layers[0], target, self.name)
             width = {"output": d_out, "input": d_in}.get(variant, self.rank)
@@ -170,7 +169,7 @@ class ALoRA(AdapterIntervention):
 
     def _build_modules(self, info: ModelInfo) -> nn.Module:
         layers, targets, alpha, variant = self._resolved(info)
-        gen = torch.Generator().manual_seed(int(self.seed))
+        gen = torch.Generator().manual_seed(check_seed("alora", self.seed))
         root = nn.Module()
         for layer in layers:
             for target in targets:
@@ -179,13 +178,10 @@ class ALoRA(AdapterIntervention):
                     d_in, d_out, self.rank, alpha, self.num_heads, variant, self.dropout, gen))
         return root
 
-    def bind(self, model: ModelInfo) -> SitePlan:
-        layers, _, _, _ = self._resolved(model)
-        self.build(model)
-        return {Site.LINEAR: frozenset(layers)}
-
-    def linear_targets(self) -> list[str]:
-        return list(self.target_modules)
+    def bind(self, model: ModelInfo) -> Binding:
+        layers, targets, _, _ = self._resolved(model)
+        self.build(model)  # the trainable weights are the method's own, built once per model shape
+        return Binding({Site.LINEAR: frozenset(layers)}, linear_targets=tuple(targets))
 
     def new_state(self, sample: SampleInfo) -> dict[str, Any]:
         # cache: (layer, target) -> (keys, values) [B, H, T, dim/H]; mask: (forward, allowed [B, S, T])

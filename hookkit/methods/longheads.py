@@ -75,15 +75,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hookkit.core.intervention import AttnCall, HookContext, Intervention, SampleInfo, SitePlan
+from hookkit import compat
+from hookkit.core.intervention import AttnCall, Binding, HookContext, Intervention, SampleInfo
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
-from hookkit.errors import ConfigError, UnsupportedModelError
-from hookkit.methods.registry import register_method
+from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
 from hookkit.models.base import ModelInfo, rotary_embedding
 
-Q_PROJ = "self_attn.q_proj"
-K_PROJ = "self_attn.k_proj"
 GQA_CHOICES = ("query_head", "kv_head")
 PREFILL_CHOICES = ("token", "block", "recent")
 TAIL_CHOICES = ("max_key", "summary")
@@ -112,10 +110,39 @@ class _Row:
     n_summ: int = 0
 
 
+@dataclass(frozen=True)
+class LongHeadsSettings:
+    """LongHeads' parameters resolved for one model by ``bind`` (handed to every sample's state)."""
+
+    w: int  # chunk size
+    atten: int  # tokens per head
+    K: int  # chunks per head
+    begin: int  # first position with selective attention (B)
+    qb: int  # prefill queries per block
+    tail_recent: int  # local-window chunks of the exact tail and decoding
+    stock_until: int  # queries below max(B, atten_length) use ordinary attention
+    uses_summaries: bool  # some score reads chunk summaries
+    num_heads: int
+    num_kv: int
+    head_dim: int
+    rotary: Any  # the text model's rotary embedding module
+    qk_targets: tuple[str, ...]  # LINEAR targets whose outputs hold the raw queries and keys
+    split_query_key: Any  # ModelInfo.split_query_key: raw q, k from the captured outputs
+
+
+def _empty_row(call: AttnCall) -> _Row:
+    H, Hkv, D, dev, dt = call.num_heads, call.num_kv_heads, call.query.shape[-1], call.query.device, call.query.dtype
+    sdt = torch.promote_types(dt, torch.float32)
+    return _Row(k_loc=torch.empty(Hkv, 0, D, dtype=dt, device=dev),
+                summ=torch.empty(H, 0, D, dtype=sdt, device=dev),
+                q_tail=torch.empty(H, 0, D, dtype=dt, device=dev))
+
+
 @dataclass
 class LongHeadsState:
     """Per-sample state (``new_state``): per layer a list of per-row states, plus diagnostics."""
 
+    cfg: LongHeadsSettings
     n_pad: list[int]  # left-padding slots per row
     rows: dict[int, list[_Row]] = field(default_factory=dict)
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -148,7 +175,6 @@ class LongHeadsState:
                                                            "chunks_max": 0})
 
 
-@register_method
 @dataclass(eq=False)
 class LongHeads(Intervention):
     """LongHeads: each head attends to its own top-scoring context chunks (training-free long context)."""
@@ -186,12 +212,10 @@ class LongHeads(Intervention):
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
 
     # ------------------------------------------------------------------ bind
-    def bind(self, model: ModelInfo) -> SitePlan:
+    def bind(self, model: ModelInfo) -> Binding:
         cfg = model.text_config
         trained = int(getattr(cfg, "max_position_embeddings", 0) or 0)
-        w = self.chunk_size
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ConfigError("longheads.chunk_size", f"expected a positive integer, got {w!r}", ">= 1")
+        w = check_int("longheads.chunk_size", self.chunk_size, low=1)
         atten = self.atten_length
         if atten is None:
             cap = min(DEFAULT_ATTEN_LENGTH, trained) if trained else DEFAULT_ATTEN_LENGTH
@@ -207,35 +231,31 @@ class LongHeads(Intervention):
         if isinstance(begin, bool) or not isinstance(begin, int) or begin < 0 or (trained and begin > trained):
             raise ConfigError("longheads.begin_selective", f"{begin!r} must be an integer in [0, trained length]",
                               f"0..{trained}" if trained else ">= 0")
-        if self.prefill_selection not in PREFILL_CHOICES:
-            raise ConfigError("longheads.prefill_selection", f"unknown value {self.prefill_selection!r}",
-                              PREFILL_CHOICES)
-        if isinstance(self.exact_tail, bool) or not isinstance(self.exact_tail, int) or self.exact_tail < 0:
-            raise ConfigError("longheads.exact_tail", f"expected an integer >= 0, got {self.exact_tail!r}", ">= 0")
-        if self.tail_selection not in TAIL_CHOICES:
-            raise ConfigError("longheads.tail_selection", f"unknown value {self.tail_selection!r}", TAIL_CHOICES)
-        if self.gqa_selection not in GQA_CHOICES:
-            raise ConfigError("longheads.gqa_selection", f"unknown value {self.gqa_selection!r}", GQA_CHOICES)
+        check_choice("longheads.prefill_selection", self.prefill_selection, PREFILL_CHOICES)
+        check_int("longheads.exact_tail", self.exact_tail, low=0)
+        check_choice("longheads.tail_selection", self.tail_selection, TAIL_CHOICES)
+        check_choice("longheads.gqa_selection", self.gqa_selection, GQA_CHOICES)
+        check_bool("longheads.include_self", self.include_self)
+        check_bool("longheads.trace", self.trace)
+        check_bool("longheads.pair_stats", self.pair_stats)
         tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
         if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
             raise ConfigError("longheads.tail_recent", f"{tr!r} must be an integer in [0, K-3] "
                               f"(K = atten_length / chunk_size = {atten // w})", f"0..{atten // w - 3}")
-        qb = w if self.query_block is None else self.query_block
-        if isinstance(qb, bool) or not isinstance(qb, int) or qb < 1:
-            raise ConfigError("longheads.query_block", f"expected a positive integer, got {qb!r}", ">= 1")
-        layers = list(range(model.num_layers)) if self.layers is None else list(self.layers)
-        if not layers:
-            raise ConfigError("longheads.layers", "empty layer list", f"0..{model.num_layers - 1}")
+        qb = w if self.query_block is None else check_int("longheads.query_block", self.query_block, low=1)
+        layers = list(range(model.num_layers)) if self.layers is None else check_int_list(
+            "longheads.layers", self.layers, low=0, high=model.num_layers - 1)
         self._check_model(model, layers)
-        # Resolved values (bind must not touch the model; it may remember what it validated).
-        self._w, self._atten, self._K, self._begin, self._qb = w, atten, atten // w, begin, qb
-        self._tail_recent = tr
-        # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
-        self._stock_until = max(begin, atten)
-        self._uses_summaries = self.prefill_selection in ("token", "block") or self.tail_selection == "summary"
-        self._num_heads, self._num_kv, self._head_dim = model.num_heads, model.num_kv_heads, model.head_dim
-        self._rotary = rotary_embedding(model)
-        return {Site.LINEAR: frozenset(layers), Site.ATTENTION: frozenset(layers)}
+        settings = LongHeadsSettings(
+            w=w, atten=atten, K=atten // w, begin=begin, qb=qb, tail_recent=tr,
+            # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
+            stock_until=max(begin, atten),
+            uses_summaries=self.prefill_selection in ("token", "block") or self.tail_selection == "summary",
+            num_heads=model.num_heads, num_kv=model.num_kv_heads, head_dim=model.head_dim,
+            rotary=rotary_embedding(model), qk_targets=tuple(model.query_key_targets()),
+            split_query_key=model.split_query_key)
+        return Binding({Site.LINEAR: frozenset(layers), Site.ATTENTION: frozenset(layers)},
+                       linear_targets=settings.qk_targets, resolved=settings)
 
     @staticmethod
     def _check_model(model: ModelInfo, layers: list[int]) -> None:
@@ -261,11 +281,15 @@ class LongHeads(Intervention):
         if sliding:
             raise UnsupportedModelError(
                 f"longheads needs every value in the cache, but layers {sliding} use sliding-window attention")
+        no_rope = [i for i in layers if not getattr(model.attentions[i], "use_rope", True)]
+        if no_rope:  # SmolLM3 style (config.no_rope_layers): re-indexing positions is meaningless there
+            raise UnsupportedModelError(
+                f"longheads re-indexes RoPE positions, but layers {no_rope} apply no rotary embedding "
+                "(no_rope_layers); choose `layers` among the others or use another method")
+        _check_rotation(model, rot, first)
+
 
     # ------------------------------------------------------------------ state
-    def linear_targets(self) -> list[str]:
-        return [Q_PROJ, K_PROJ]
-
     def new_state(self, sample: SampleInfo) -> LongHeadsState:
         regions = sample.regions
         pad = regions == int(Region.PADDING)
@@ -273,15 +297,16 @@ class LongHeads(Intervention):
         for b, n in enumerate(n_pad):
             if n and not bool(pad[b, :n].all()):
                 raise NotImplementedError("longheads supports left padding only (padding slots must come first)")
-        state = LongHeadsState(n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None,
+        cfg: LongHeadsSettings = sample.resolved
+        state = LongHeadsState(cfg=cfg, n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None,
                                count_pairs=self.trace or self.pair_stats)
         device = sample.input_ids.device
-        w, K = self._w, self._K
+        w, K = cfg.w, cfg.K
         probe = torch.zeros(1, dtype=torch.float32, device=device)
         pos = torch.arange(w, device=device)[None]
-        cos, sin = self._rotary(probe, pos)
+        cos, sin = cfg.rotary(probe, pos)
         state.rope_local = (cos[0].float(), sin[0].float())
-        cos, sin = self._rotary(probe, (torch.arange(K, device=device) * w)[None])
+        cos, sin = cfg.rotary(probe, (torch.arange(K, device=device) * w)[None])
         state.rope_disp = (cos[0].float(), sin[0].float())
         return state
 
@@ -293,9 +318,10 @@ class LongHeads(Intervention):
     # ------------------------------------------------------------------ attention
     def attention(self, call: AttnCall, state: LongHeadsState) -> torch.Tensor:
         layer, fwd = call.layer, call.forward
+        cfg = state.cfg
         pending = state.pending.pop(layer, None)
-        if pending is None or Q_PROJ not in pending or K_PROJ not in pending:
-            raise RuntimeError("longheads: the q_proj/k_proj outputs of this forward were not captured")
+        if pending is None or any(t not in pending for t in cfg.qk_targets):
+            raise RuntimeError(f"longheads: the {list(cfg.qk_targets)} outputs of this forward were not captured")
         past, q_len = fwd.past_length, call.q_len
         seen = state.slots_seen.get(layer, 0)
         if past != seen:
@@ -309,12 +335,13 @@ class LongHeads(Intervention):
             if bool(new_pad.any()):
                 raise NotImplementedError("longheads: padding inside a cached forward is not supported")
 
-        B, H, D = call.batch_size, self._num_heads, self._head_dim
-        q_raw = pending[Q_PROJ].view(B, q_len, H, D)
-        k_raw = pending[K_PROJ].view(B, q_len, self._num_kv, D)
+        B, H, D = call.batch_size, cfg.num_heads, cfg.head_dim
+        q_flat, k_flat = cfg.split_query_key(pending)
+        q_raw = q_flat.reshape(B, q_len, H, D)
+        k_raw = k_flat.reshape(B, q_len, cfg.num_kv, D)
         rows = state.rows.get(layer)
         if rows is None:
-            rows = state.rows[layer] = [self._empty_row(call) for _ in range(B)]
+            rows = state.rows[layer] = [_empty_row(call) for _ in range(B)]
 
         # 1. Update every row's state (keys, query tail, summaries of chunks completed by this forward).
         first_real, first_pos = [], []
@@ -326,7 +353,7 @@ class LongHeads(Intervention):
 
         # 2. Exact pass-through when no query needs selection.
         last_pos = [first_pos[b] + (q_len - first_real[b]) - 1 for b in range(B)]
-        if max(last_pos) < self._stock_until:
+        if max(last_pos) < state.cfg.stock_until:
             return call.stock()
 
         out = call.query.new_zeros(B, q_len, H, D)
@@ -339,16 +366,9 @@ class LongHeads(Intervention):
         return out
 
     # ------------------------------------------------------------------ state updates
-    def _empty_row(self, call: AttnCall) -> _Row:
-        H, Hkv, D, dev, dt = self._num_heads, self._num_kv, self._head_dim, call.query.device, call.query.dtype
-        sdt = torch.promote_types(dt, torch.float32)
-        return _Row(k_loc=torch.empty(Hkv, 0, D, dtype=dt, device=dev),
-                    summ=torch.empty(H, 0, D, dtype=sdt, device=dev),
-                    q_tail=torch.empty(H, 0, D, dtype=dt, device=dev))
-
     def _local(self, state: LongHeadsState, x: torch.Tensor, start: int) -> torch.Tensor:
         """``R(j mod w)·x_j`` for x ``[S, heads, D]`` at positions start.., returned as ``[heads, S, D]``."""
-        idx = torch.arange(start, start + x.shape[0], device=x.device) % self._w
+        idx = torch.arange(start, start + x.shape[0], device=x.device) % state.cfg.w
         cos, sin = state.rope_local
         xt = x.transpose(0, 1).to(torch.promote_types(x.dtype, torch.float32))  # rotate in fp32 (or wider)
         out = apply_rope(xt, cos[idx].to(xt.dtype), sin[idx].to(xt.dtype))
@@ -359,7 +379,7 @@ class LongHeads(Intervention):
         n = q_raw.shape[0]
         if n == 0:
             return
-        start, w = row.length, self._w
+        start, w = row.length, state.cfg.w
         k_loc = self._local(state, k_raw, start)  # [Hkv, n, D]
         q_loc = self._local(state, q_raw, start)  # [H, n, D]
         need = start + n
@@ -376,10 +396,10 @@ class LongHeads(Intervention):
         if done > 0:
             c0 = row.n_summ
             n_tok = done * w
-            if self._uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
+            if state.cfg.uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
                 value = call.value[b, :, state.n_pad[b] + c0 * w: state.n_pad[b] + c0 * w + n_tok]
                 summ = self._summaries(tail[:, :n_tok], row.k_loc[:, c0 * w: c0 * w + n_tok], value, call.scaling,
-                                       row.summ.dtype)  # [H, done, D]
+                                       row.summ.dtype, w)  # [H, done, D]
                 if row.n_summ + done > row.summ.shape[1]:
                     cap = max(row.n_summ + done + 4, 2 * row.summ.shape[1])
                     grown = row.summ.new_empty(row.summ.shape[0], cap, row.summ.shape[2])
@@ -392,14 +412,14 @@ class LongHeads(Intervention):
         row.q_tail = tail.clone() if done > 0 else tail
 
     def _summaries(self, q_loc: torch.Tensor, k_loc: torch.Tensor, value: torch.Tensor, scaling: float,
-                   out_dtype: torch.dtype, batch_chunks: int = 64) -> torch.Tensor:
+                   out_dtype: torch.dtype, w: int, batch_chunks: int = 64) -> torch.Tensor:
         """Chunk representations c_c (methods-llm.md §1.3 a) of complete chunks, ``[H, G, D]``.
 
         ``q_loc [H, G*w, D]``, ``k_loc``/``value`` ``[Hkv, G*w, D]``. Summaries are per query head (GQA choice A):
         a query head uses the keys/values of its KV head.
         """
         H, n, D = q_loc.shape
-        Hkv, w = k_loc.shape[0], self._w
+        Hkv = k_loc.shape[0]
         G, rep = n // w, H // Hkv
         outs = []
         for g0 in range(0, G, batch_chunks):
@@ -422,11 +442,11 @@ class LongHeads(Intervention):
     def _row_attention(self, call: AttnCall, state: LongHeadsState, row: _Row, b: int, q_raw: torch.Tensor,
                        first_pos: int, n_new: int, i0: int) -> torch.Tensor:
         """Output ``[n_new, H, D]`` for the real queries of row b (positions first_pos .. first_pos+n_new-1)."""
-        H, D, w = self._num_heads, self._head_dim, self._w
+        H, D, w = state.cfg.num_heads, state.cfg.head_dim, state.cfg.w
         out = call.query.new_empty(n_new, H, D)
         n_pad = state.n_pad[b]
         positions_end = first_pos + n_new
-        n_stock = max(0, min(positions_end, self._stock_until) - first_pos)
+        n_stock = max(0, min(positions_end, state.cfg.stock_until) - first_pos)
         if n_stock:
             out[:n_stock] = self._stock_rows(call, b, i0, n_pad, first_pos, n_stock)
         exclude_self = (not self.include_self) and call.forward.is_prefill
@@ -438,7 +458,7 @@ class LongHeads(Intervention):
         p = first_pos + n_stock
         while p < positions_end:
             c = p // w
-            p_end = min(positions_end, (c + 1) * w, p + self._qb)
+            p_end = min(positions_end, (c + 1) * w, p + state.cfg.qb)
             if p < tail_from < p_end:
                 p_end = tail_from
             if p_end <= tail_from:
@@ -475,9 +495,9 @@ class LongHeads(Intervention):
         with the block's mean raw query, one selection for the whole block; ``"max_key"``: per query, the chunk's
         largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``).
         """
-        K, Qb = self._K, q_raw.shape[1]
+        K, Qb = state.cfg.K, q_raw.shape[1]
         if score == "recent":  # the K-3 chunks before the previous one: no scores, chunk 0 + the last K-1 chunks
-            G = self._num_kv if self.gqa_selection == "kv_head" else self._num_heads
+            G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
             recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
             return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "max_key":
@@ -489,12 +509,12 @@ class LongHeads(Intervention):
                 q = q.mean(dim=1, keepdim=True)
             scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
         if self.gqa_selection == "kv_head":
-            scores = scores.view(self._num_kv, -1, *scores.shape[1:]).sum(dim=1)
-        if self._tail_recent and score == self.tail_selection:
+            scores = scores.view(state.cfg.num_kv, -1, *scores.shape[1:]).sum(dim=1)
+        if state.cfg.tail_recent and score == self.tail_selection:
             # Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their
             # score set to +inf; ``scores`` is a fresh tensor on every path), the remaining slots go to the
             # best-scored older chunks.
-            scores[..., max(0, c - 2 - self._tail_recent):] = float("inf")
+            scores[..., max(0, c - 2 - state.cfg.tail_recent):] = float("inf")
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
         return top.expand(-1, Qb, -1) if score == "shared" else top
 
@@ -510,7 +530,7 @@ class LongHeads(Intervention):
         O(tokens · D) per query and head, only for the exact tail and decoding.
         """
         H, Qb, D = q_raw.shape
-        Hkv, w, r = self._num_kv, self._w, self._num_heads // self._num_kv
+        Hkv, w, r = state.cfg.num_kv, state.cfg.w, state.cfg.num_heads // state.cfg.num_kv
         acc = torch.promote_types(q_raw.dtype, torch.float32)
         cos, sin = state.rope_local  # [w, D]
         q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
@@ -550,7 +570,7 @@ class LongHeads(Intervention):
         Qb x (chunks used by the block) x w, memory O(Qb·chunks·(w + D)), independent of the context length.
         """
         H, Qb, D = q_loc.shape
-        G, K, w, dev = sel.shape[0], self._K, self._w, q_loc.device
+        G, K, w, dev = sel.shape[0], state.cfg.K, state.cfg.w, q_loc.device
         r = H // G  # query heads per selection group (1 for per-query-head selection)
         R = r * Qb  # query rows per group
         # 1. Chunks used by each group in this block, and each query's displacement d for each of them.
@@ -574,7 +594,7 @@ class LongHeads(Intervention):
                    + dq.clamp_min(0)[:, :, None, :])  # [G, U, r, Qb]
         rows = qrot.index_select(0, row_idx.reshape(-1)).view(G * U, 1, R, D)
         # 3. Keys (locally rotated, from the state) and values (from the model's cache) of the used chunks.
-        kv_of_group = torch.arange(G, device=dev) // (G // self._num_kv)
+        kv_of_group = torch.arange(G, device=dev) // (G // state.cfg.num_kv)
         pos = order[:, :, None] * w + torch.arange(w, device=dev)  # [G, U, w], complete chunks only
         cap = row.k_loc.shape[1]
         keys = row.k_loc.reshape(-1, D).index_select(0, (kv_of_group[:, None, None] * cap + pos).reshape(-1))
@@ -583,7 +603,7 @@ class LongHeads(Intervention):
         # 4. The current chunk (d = 0, causal; without the query itself when include_self=False at prefill).
         cpos = (c * w + torch.arange(w, device=dev)).clamp_max(row.length - 1)  # future slots: masked
         ck = row.k_loc.index_select(1, cpos)[kv_of_group]  # [G, w, D]
-        cv = value_flat.view(self._num_kv, total, D).index_select(1, n_pad + cpos)[kv_of_group]
+        cv = value_flat.view(state.cfg.num_kv, total, D).index_select(1, n_pad + cpos)[kv_of_group]
         kpos = torch.arange(w, device=dev)[None, :]
         allowed = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])  # [Qb, w]
         cmask = torch.zeros(Qb, w, dtype=q_loc.dtype, device=dev).masked_fill(~allowed, torch.finfo(q_loc.dtype).min)
@@ -637,3 +657,31 @@ def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     lse = torch.logsumexp(s, dim=-1)
     out = torch.matmul(torch.softmax(s, dim=-1), v.float()).to(q.dtype)
     return out, lse
+
+
+def _check_rotation(model: ModelInfo, rotary: Any, attention: Any) -> None:
+    """Refuse rotary conventions LongHeads' own rotation does not reproduce (it rotates every dim, pairing i with
+    i + D/2 as Llama's ``rotate_half``): partial rotary (StableLm, Phi), interleaved pairs (Cohere), or anything the
+    modeling file's ``apply_rotary_pos_emb`` does differently on a probe."""
+    name = type(model.model).__name__
+    D = model.head_dim
+    probe = torch.randn(1, 1, 5, D, generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([[0, 1, 7, 100, 1000]])
+    with torch.no_grad():
+        cos, sin = rotary(probe, positions)
+    if cos.shape[-1] != D:
+        raise UnsupportedModelError(
+            f"longheads rotates whole heads, but {name} applies RoPE to {cos.shape[-1]} of {D} dims per head "
+            "(partial rotary); not supported")
+    apply = compat.modeling_function(attention, "apply_rotary_pos_emb")
+    if apply is None:
+        raise UnsupportedModelError(f"longheads cannot check the rotary convention of {name}: its modeling file "
+                                    "has no apply_rotary_pos_emb")
+    with torch.no_grad():
+        theirs = apply(probe, probe, cos, sin)[0].float()
+        ours = apply_rope(probe, cos[:, None].float(), sin[:, None].float())
+    if not torch.allclose(theirs, ours, atol=1e-5, rtol=1e-4):
+        raise UnsupportedModelError(
+            f"longheads re-applies RoPE with Llama's pairing (dims i and i + D/2), but {name} rotates differently "
+            f"(max difference {float((theirs - ours).abs().max()):.2g} on a probe; e.g. interleaved pairs); "
+            "not supported")

@@ -56,27 +56,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookkit.core.intervention import AttnCall, HookContext, SampleInfo, SitePlan
+from hookkit.core.intervention import AttnCall, Binding, HookContext, SampleInfo, SitePlan
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, check_range
-from hookkit.methods.adapters import AdapterIntervention
-from hookkit.methods.lora import (
+from hookkit.methods.low_rank import (
     LoRAModule,
     Weight,
     check_rank_alpha,
+    check_seed,
     check_targets,
     get_module,
     linear_shape,
     put_module,
     resolve_layers,
 )
-from hookkit.methods.registry import register_method
+from hookkit.methods.trainable import AdapterIntervention
 from hookkit.models.base import ModelInfo
 
 VARIANTS = ("query_norm", "learned")
 SCALINGS = ("code", "paper")
-Q_PROJ = "self_attn.q_proj"
 EPS = 1e-6  # the released code's clamp in the top-K renormalisation (MoH-ViT attention.py)
 
 
@@ -140,12 +139,22 @@ def topk_mask(p: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(p).scatter_(-1, idx, 1.0)
 
 
-@register_method
+@dataclass(frozen=True)
+class MoHSettings:
+    """MoH resolved for one model by ``bind``."""
+
+    budgets: dict[int, HeadBudget]  # converted layer -> (shared, routed, top_k, heads)
+    lora_targets: frozenset[str]  # linears with LoRA deltas
+    query_target: str  # the LINEAR target holding the queries (q_proj, or a fused qkv_proj)
+    query_width: int  # H·D: the queries are the first query_width features of that output
+
+
 @dataclass(eq=False)
 class MoH(AdapterIntervention):
     """Mixture-of-Head attention: shared + top-K routed heads per token (query-norm or learned routers)."""
 
     name = "moh"
+    supports_cache_reordering = True  # per-forward only: nothing kept per row between decoding steps
 
     variant: str = field(default="query_norm", metadata={
         "help": "query_norm (parameter-free router, binary gates + STE; MoH-LLaMA3) | learned (soft routers)"})
@@ -168,9 +177,8 @@ class MoH(AdapterIntervention):
     lora_rank: int = field(default=0, metadata={"help": "rank of trainable LoRA deltas (0: none)"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*rank)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA input dropout (training only)"})
-    lora_targets: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.k_proj",
-                                                             "self_attn.v_proj", "self_attn.o_proj"],
-                                    metadata={"help": "linears that get LoRA deltas when lora_rank > 0"})
+    lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "linears that get LoRA deltas when lora_rank > 0 (default: every attention projection)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial router / LoRA weights"})
 
     # ------------------------------------------------------------------ configuration
@@ -232,14 +240,18 @@ class MoH(AdapterIntervention):
         return check_rank_alpha("moh", self.lora_rank, self.lora_alpha, self.lora_dropout, rank_field="lora_rank",
                                 alpha_field="lora_alpha", dropout_field="lora_dropout", allow_zero=True)
 
-    def _lora_targets(self) -> list[str]:
-        return check_targets("moh", self.lora_targets) if self.lora_rank > 0 else []
+    def _lora_targets(self, info: ModelInfo) -> list[str]:
+        if self.lora_rank == 0:
+            return []
+        if self.lora_targets is None:
+            return [*info.projection_targets(), f"{info.adapter.attention_attr}.{info.adapter.o_proj}"]
+        return check_targets("moh", self.lora_targets, field="lora_targets")
 
     # ------------------------------------------------------------------ modules
     def _build_modules(self, info: ModelInfo) -> nn.Module:
         budgets = self.budgets(info)
         alpha = self._lora_alpha()
-        gen = torch.Generator().manual_seed(int(self.seed))
+        gen = torch.Generator().manual_seed(check_seed("moh", self.seed))
         root = nn.Module()
         d = info.hidden_size
         for layer, b in budgets.items():
@@ -256,40 +268,41 @@ class MoH(AdapterIntervention):
                     put_module(root, f"layers.{layer}.router_routed", w)
                 if b.shared and b.routed:
                     put_module(root, f"layers.{layer}.router_type", _zeros(Weight(2, d)))
-            for target in self._lora_targets():
+            for target in self._lora_targets(info):
                 d_in, d_out = linear_shape(info, layer, target, "moh")
                 put_module(root, f"layers.{layer}.{target}",
                            LoRAModule(d_in, d_out, self.lora_rank, alpha, self.lora_dropout, gen))
         return root
 
     # ------------------------------------------------------------------ binding
-    def bind(self, model: ModelInfo) -> SitePlan:
+    def bind(self, model: ModelInfo) -> Binding:
         budgets = self.budgets(model)
         self._lora_alpha()
-        self._budgets = budgets
-        self.build(model)
+        self.build(model)  # the trainable weights (routers, LoRA) are the method's own, built once per model shape
         layers = frozenset(budgets)
         plan: SitePlan = {Site.HEAD_OUTPUT: layers}
         if self.variant == "learned":
             plan[Site.ATTN_INPUT] = layers
-        if self.linear_targets():
+        lora = self._lora_targets(model)
+        targets = list(lora)
+        query_target = model.query_key_targets()[0]  # the query projection, or the fused qkv projection
+        if self.variant == "query_norm" and query_target not in targets:
+            targets.append(query_target)
+        if targets:
             plan[Site.LINEAR] = layers
         if self.skip_heads:
             plan[Site.ATTENTION] = layers
-        return plan
-
-    def linear_targets(self) -> list[str]:
-        targets = list(self._lora_targets())
-        if self.variant == "query_norm" and Q_PROJ not in targets:
-            targets.append(Q_PROJ)
-        return targets
+        settings = MoHSettings(budgets, frozenset(lora), query_target, model.num_heads * model.head_dim)
+        return Binding(plan, linear_targets=tuple(targets), resolved=settings)
 
     def new_state(self, sample: SampleInfo) -> dict[str, Any]:
-        # gates: layer -> [B, S, H] fp32 of the current forward; balance: layer -> L_b (training forwards only)
-        return {"gates": {}, "balance": {}}
+        # cfg: MoHSettings (resolved by bind); gates: layer -> [B, S, H] fp32 of the current forward;
+        # balance: layer -> L_b (training forwards only)
+        return {"cfg": sample.resolved, "gates": {}, "balance": {}}
 
     def select_rows(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-        return {"gates": {k: v[rows] for k, v in state["gates"].items()}, "balance": {}}
+        return {"cfg": state["cfg"], "gates": {k: v[rows] for k, v in state["gates"].items()},
+                "balance": {}}
 
     # ------------------------------------------------------------------ routing
     def _valid_tokens(self, ctx: HookContext) -> torch.Tensor:
@@ -314,15 +327,17 @@ class MoH(AdapterIntervention):
     def linear_output(self, ctx: HookContext, state: dict[str, Any], target: str, inputs: torch.Tensor,
                       output: torch.Tensor) -> torch.Tensor | None:
         changed = None
-        if self.lora_rank > 0 and target in self.lora_targets:
+        cfg: MoHSettings = state["cfg"]
+        if target in cfg.lora_targets:
             module = get_module(self.adapter_module, f"layers.{ctx.layer}.{target}")
             output = output + module(inputs.to(module.lora_A.weight.dtype)).to(output.dtype)
             changed = output
-        if target == Q_PROJ and self.variant == "query_norm":
-            b = self._budgets[ctx.layer]
+        if target == cfg.query_target and self.variant == "query_norm":
+            b = cfg.budgets[ctx.layer]
             ref = output.new_empty(*output.shape[:2], 0, dtype=torch.float32)
             if b.routed:
-                q = output.view(*output.shape[:2], b.num_heads, -1)[:, :, b.shared:b.shared + b.routed]
+                queries = output[..., :cfg.query_width]  # a fused qkv output holds the queries first
+                q = queries.reshape(*output.shape[:2], b.num_heads, -1)[:, :, b.shared:b.shared + b.routed]
                 p, m = query_norm_router(q, b.top_k)
                 # Straight-through estimator (paper Eq. 10): forward value m, gradient of p. Bracketed so that
                 # the forward value is exactly m ((m + p) - p is not, in floating point).
@@ -335,7 +350,7 @@ class MoH(AdapterIntervention):
     def attn_input(self, ctx: HookContext, state: dict[str, Any], hidden: torch.Tensor) -> None:
         if self.variant != "learned":
             return None
-        b = self._budgets[ctx.layer]
+        b = state["cfg"].budgets[ctx.layer]
         mods = self.adapter_module.layers._modules[str(ctx.layer)]._modules
         x = hidden.to(torch.float32)
         code = self.scalings == "code"

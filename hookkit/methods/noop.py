@@ -14,20 +14,20 @@ from typing import Any
 
 import torch
 
-from hookkit.core.intervention import AttnCall, HookContext, Intervention, SitePlan
+from hookkit.core.intervention import AttnCall, Binding, HookContext, Intervention
 from hookkit.core.regions import REGION_NAMES
-from hookkit.core.sites import MODEL_LEVEL_SITES, Site, site_from_name
-from hookkit.errors import ConfigError
-from hookkit.methods.registry import register_method
+from hookkit.core.sites import MODEL_LEVEL_SITES, Site
+from hookkit.errors import ConfigError, check_bool, check_choice, check_int_list
+from hookkit.methods.low_rank import check_targets
 from hookkit.models.base import ModelInfo
 
 
-@register_method
 @dataclass(eq=False)
 class Noop(Intervention):
     """A neutral intervention on any sites (parity checks, overhead measurements)."""
 
     name = "noop"
+    supports_cache_reordering = True  # per-forward only: nothing kept per row between decoding steps
 
     sites: list[str] = field(default_factory=lambda: [s.value for s in Site if s != Site.ATTENTION],
                              metadata={"help": "sites to hook (any of: " + ", ".join(s.value for s in Site) + ")"})
@@ -35,19 +35,24 @@ class Noop(Intervention):
     exercise: bool = field(default=True, metadata={"help": "return identity results that force each write path"})
     prob_rows_region: str = field(default="all", metadata={
         "help": "query rows materialised for the probs site: 'all' or a region name"})
-    targets: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"],
-                               metadata={"help": "sub-modules hooked by the linear site"})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "sub-modules hooked by the linear site (default: the query and value projections, or the fused "
+                "qkv projection)"})
 
-    def bind(self, model: ModelInfo) -> SitePlan:
-        sites = [site_from_name(s) for s in self.sites]
-        if self.prob_rows_region != "all" and self.prob_rows_region not in REGION_NAMES:
-            raise ConfigError("noop.prob_rows_region", f"unknown value {self.prob_rows_region!r}",
-                              ["all", *REGION_NAMES])
-        layers = frozenset(range(model.num_layers) if self.layers is None else self.layers)
-        return {s: frozenset() if s in MODEL_LEVEL_SITES else layers for s in sites}
-
-    def linear_targets(self) -> list[str]:
-        return list(self.targets)
+    def bind(self, model: ModelInfo) -> Binding:
+        names = [s.value for s in Site]
+        if isinstance(self.sites, (str, bytes)) or not isinstance(self.sites, (list, tuple)) or not self.sites:
+            raise ConfigError("noop.sites", f"expected a non-empty list of site names, got {self.sites!r}", names)
+        sites = [Site(check_choice("noop.sites", s, names)) for s in self.sites]
+        check_choice("noop.prob_rows_region", self.prob_rows_region, ["all", *REGION_NAMES])
+        check_bool("noop.exercise", self.exercise)
+        layers = frozenset(range(model.num_layers) if self.layers is None else
+                           check_int_list("noop.layers", self.layers, low=0, high=model.num_layers - 1))
+        # q and v (or the fused qkv): the linear site is exercised on two modules of the attention
+        targets = model.projection_targets()[::2] if self.targets is None else check_targets(
+            "noop", self.targets, field="targets")
+        return Binding({s: frozenset() if s in MODEL_LEVEL_SITES else layers for s in sites},
+                       linear_targets=tuple(targets))
 
     def linear_output(self, ctx: HookContext, state: Any, target: str, inputs: torch.Tensor,
                       output: torch.Tensor) -> torch.Tensor | None:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hookkit.errors import ConfigError, InputError, check_range
-from hookkit.methods.adapters import AdapterIntervention, read_adapter, save_adapter
+from hookkit.methods.trainable import AdapterIntervention, read_adapter, save_adapter
 
 log = logging.getLogger(__name__)
 

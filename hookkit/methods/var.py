@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 
-from hookkit.core.intervention import AttnCall, HookContext, Intervention, SampleInfo, SitePlan
+from hookkit.core.intervention import AttnCall, Binding, HookContext, Intervention, SampleInfo
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
-from hookkit.errors import ConfigError, check_range
-from hookkit.methods.registry import register_method
+from hookkit.errors import ConfigError, check_bool, check_choice, check_int, check_int_list, check_range
 from hookkit.models.base import ModelInfo
 
 #: Sink dimensions of base LLMs (methods-lvlm.md §2.1, §2.6; code constants for the LLaMA-2 entries).
@@ -57,16 +56,9 @@ RMS_EPS = 1e-6
 
 
 def published_sink_dims(model: ModelInfo) -> tuple[str, tuple[int, ...]] | None:
-    """(base name, dims) when the model's base LLM has published sink dims, else None."""
-    hidden, family = model.hidden_size, model.family
-    if family in ("llava", "llava_next", "instructblip") and model.text_config.model_type == "llama":
-        if hidden == 4096:
-            return "llama-2-7b", SINK_DIMS["llama-2-7b"]
-        if hidden == 5120:
-            return "llama-2-13b", SINK_DIMS["llama-2-13b"]
-    if family in ("qwen2_vl",) and hidden == 3584:
-        return "qwen2-vl-7b", SINK_DIMS["qwen2-vl-7b"]
-    return None
+    """(base name, dims) when the model's family adapter names a base LLM with published sink dims, else None."""
+    base = model.adapter.sink_base_model(model)
+    return (base, SINK_DIMS[base]) if base in SINK_DIMS else None
 
 
 def sink_scores(hidden: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
@@ -85,8 +77,19 @@ def massive_dims(hidden: torch.Tensor, first: torch.Tensor, tau: float) -> torch
     return x.abs() / x.pow(2).mean(-1, keepdim=True).add(RMS_EPS).sqrt() > tau
 
 
+@dataclass(frozen=True)
+class VARSettings:
+    """VAR's parameters resolved for one model (paper conventions): what ``bind`` hands to every sample."""
+
+    p_move: float  # fraction of the sink attention moved to the image
+    rho: float  # min non-sink share of the image attention
+    dims: tuple[int, ...] | None  # sink dims; None = found per sample
+    layers: tuple[int, ...]
+
+
 @dataclass
 class VARState:
+    cfg: VARSettings
     prompt_length: int
     image: torch.Tensor  # [B, S] image slots of the prompt
     pad: torch.Tensor  # [B, S]
@@ -96,7 +99,6 @@ class VARState:
     stats: dict[str, float] = field(default_factory=lambda: {"rows_selected": 0.0, "mass_moved": 0.0})
 
 
-@register_method
 @dataclass(eq=False)
 class VAR(Intervention):
     """Visual attention sink redistribution: move sink attention to image tokens in image-centric heads (ICLR 2025)."""
@@ -120,41 +122,21 @@ class VAR(Intervention):
     first_layer: int = field(default=2, metadata={"help": "first edited layer (sinks appear from layer 2)"})
     skip_last_layer: bool = field(default=True, metadata={"help": "never edit the last layer (paper and config)"})
 
-    def __post_init__(self) -> None:
-        self._p_move = 0.0
-        self._rho = 0.5
-        self._dims: tuple[int, ...] | None = None  # None = automatic per sample
-        self._layers: list[int] = []
-
     # ------------------------------------------------------------------ validation
-    def bind(self, model: ModelInfo) -> SitePlan:
+    def bind(self, model: ModelInfo) -> Binding:
         check_range("var.tau", self.tau, low=0.0, low_inclusive=False)
         check_range("var.summ", self.summ, low=0.0, high=1.0)
-        if self.rho is not None and self.rho_code is not None:
-            raise ConfigError("var.rho", "give rho (paper) or rho_code (released code), not both")
-        if self.p_move is not None and self.p_code is not None:
-            raise ConfigError("var.p_move", "give p_move (fraction moved) or p_code (fraction kept), not both")
-        if self.reading not in READINGS:
-            raise ConfigError("var.reading", f"unknown value {self.reading!r}", list(READINGS))
-        if self.rho_code is not None:
-            self._rho = 1.0 - check_range("var.rho_code", self.rho_code, low=0.0, high=1.0)
-        else:
-            self._rho = check_range("var.rho", 0.5 if self.rho is None else self.rho, low=0.0, high=1.0)
-        if self.p_code is not None:
-            self._p_move = 1.0 - check_range("var.p_code", self.p_code, low=0.0, high=1.0)
-        else:
-            self._p_move = check_range("var.p_move", READINGS[self.reading] if self.p_move is None else self.p_move,
-                                       low=0.0, high=1.0)
-        self._dims = self._resolve_dims(model)
-        if not isinstance(self.first_layer, int) or not 0 <= self.first_layer < model.num_layers:
-            raise ConfigError("var.first_layer", f"{self.first_layer!r} out of range", f"0..{model.num_layers - 1}")
+        readings = self.effective
+        dims = self._resolve_dims(model)
+        check_int("var.first_layer", self.first_layer, low=0, high=model.num_layers - 1)
+        check_bool("var.skip_last_layer", self.skip_last_layer)
         last = model.num_layers - 1 if self.skip_last_layer else model.num_layers
-        self._layers = list(range(self.first_layer, last))
-        if not self._layers:
+        layers = tuple(range(self.first_layer, last))
+        if not layers:
             raise ConfigError("var.first_layer", f"no layer left to edit in a {model.num_layers}-layer model "
                               f"(layers >= {self.first_layer}{', last skipped' if self.skip_last_layer else ''})")
-        layers = frozenset(self._layers)
-        return {Site.LAYER_INPUT: layers, Site.PROBS: layers}
+        settings = VARSettings(readings["p_move"], readings["rho"], dims, layers)
+        return Binding({Site.LAYER_INPUT: frozenset(layers), Site.PROBS: frozenset(layers)}, resolved=settings)
 
     def _resolve_dims(self, model: ModelInfo) -> tuple[int, ...] | None:
         dims = self.sink_dims
@@ -167,24 +149,33 @@ class VAR(Intervention):
             if dims not in SINK_DIMS:
                 raise ConfigError("var.sink_dims", f"unknown base model {dims!r}", ["auto", "default", *SINK_DIMS])
             dims = SINK_DIMS[dims]
-        if not isinstance(dims, (list, tuple)) or not dims:
-            raise ConfigError("var.sink_dims", f"expected a non-empty list of dims, got {dims!r}")
-        bad = [d for d in dims if not isinstance(d, int) or not 0 <= d < model.hidden_size]
-        if bad:
-            raise ConfigError("var.sink_dims", f"dims {bad} out of range", f"0..{model.hidden_size - 1}")
-        return tuple(dims)
+        return tuple(check_int_list("var.sink_dims", dims, low=0, high=model.hidden_size - 1))
 
     def writes(self, site: Site) -> bool:
         return site != Site.LAYER_INPUT  # VAR only reads the layer inputs (sink detection)
 
     @property
     def effective(self) -> dict[str, float]:
-        """The resolved p_move and rho (paper conventions) after bind."""
-        return {"p_move": self._p_move, "rho": self._rho}
+        """p_move and rho in the paper's conventions, whichever convention and reading the parameters use."""
+        if self.rho is not None and self.rho_code is not None:
+            raise ConfigError("var.rho", "give rho (paper) or rho_code (released code), not both")
+        if self.p_move is not None and self.p_code is not None:
+            raise ConfigError("var.p_move", "give p_move (fraction moved) or p_code (fraction kept), not both")
+        check_choice("var.reading", self.reading, list(READINGS))
+        if self.rho_code is not None:
+            rho = 1.0 - check_range("var.rho_code", self.rho_code, low=0.0, high=1.0)
+        else:
+            rho = check_range("var.rho", 0.5 if self.rho is None else self.rho, low=0.0, high=1.0)
+        if self.p_code is not None:
+            p_move = 1.0 - check_range("var.p_code", self.p_code, low=0.0, high=1.0)
+        else:
+            p_move = check_range("var.p_move", READINGS[self.reading] if self.p_move is None else self.p_move,
+                                 low=0.0, high=1.0)
+        return {"p_move": p_move, "rho": rho}
 
     # ------------------------------------------------------------------ state
     def new_state(self, sample: SampleInfo) -> VARState:
-        return VARState(prompt_length=sample.prompt_length, image=sample.regions == Region.IMAGE,
+        return VARState(cfg=sample.resolved, prompt_length=sample.prompt_length, image=sample.regions == Region.IMAGE,
                         pad=sample.regions == Region.PADDING)
 
     def select_rows(self, state: VARState, rows: torch.Tensor) -> VARState:
@@ -200,12 +191,12 @@ class VAR(Intervention):
             return None  # decoding detects no new sinks: generated tokens are never sinks (§2.1)
         layer = ctx.layer
         pad = state.pad.to(hidden.device)
-        if self._dims is None:
+        if state.cfg.dims is None:
             first = (~pad).int().argmax(dim=1)
             dims = massive_dims(hidden, first, self.tau)
         else:
             dims = torch.zeros(1, hidden.shape[-1], dtype=torch.bool, device=hidden.device)
-            dims[0, list(self._dims)] = True
+            dims[0, list(state.cfg.dims)] = True
         state.dims[layer] = dims
         sinks = (sink_scores(hidden, dims) > self.tau) & ~pad
         state.sinks[layer] = sinks
@@ -242,13 +233,13 @@ class VAR(Intervention):
         nonsink = (p * nonsink_image[:, None, None]).sum(-1)
         share = nonsink / vis.clamp_min(1e-12)
         selected = (row_mask[:, None, :] & has_visual_sink[:, None, None] & (vis >= self.summ)
-                    & (share >= self._rho) & (nonsink > 0))
+                    & (share >= state.cfg.rho) & (nonsink > 0))
         if not bool(selected.any()):
             return probs
         sink_mass = (p * sinks[:, None, None]).sum(-1)  # all sinks, text and visual (§2.3)
-        budget = self._p_move * sink_mass
+        budget = state.cfg.p_move * sink_mass
         sel = selected[..., None]
-        scaled_sinks = torch.where(sel & sinks[:, None, None], p * (1.0 - self._p_move), p)
+        scaled_sinks = torch.where(sel & sinks[:, None, None], p * (1.0 - state.cfg.p_move), p)
         gain = (budget / nonsink.clamp_min(1e-12))[..., None] * p  # Ω · α_j / Σ_{non-sink image} α
         out = torch.where(sel & nonsink_image[:, None, None], scaled_sinks + gain, scaled_sinks)
         state.stats["rows_selected"] += float(selected.sum())

@@ -15,7 +15,7 @@ He et al., "Cracking the Code of Hallucination in LVLMs with Vision-aware Head D
 Selection modes (``selection``):
 
 * ``"lockstep"`` (default, faithful): image and no-image prompts are prefilled together in one left-padded batch
-  (``hookkit.generate`` runs it); at each reinforced layer the heads are selected from this forward's outputs and
+  (``hookkit.generation.generate`` runs it); at each reinforced layer the heads are selected from this forward's outputs and
   both branches are scaled before ``o_proj``, so deeper layers see the reinforced earlier layers (§1.4 step 5,
   "previous layers are already reinforced when calculating the VHD scores"). The first token comes from that
   forward; decoding continues on the image rows with frozen heads.
@@ -35,44 +35,41 @@ from typing import Any
 
 import torch
 
-from hookkit.core.intervention import HookContext, Intervention, SampleInfo, SitePlan
+from hookkit.core.intervention import Binding, HookContext, Intervention, SampleInfo
 from hookkit.core.sites import Site
-from hookkit.errors import ConfigError, check_range
-from hookkit.methods.registry import register_method
+from hookkit.errors import ConfigError, check_bool, check_choice, check_int_list, check_range
 from hookkit.models.base import ModelInfo
 
 SELECTIONS = ("lockstep", "probe", "fixed")
 STD_KINDS = ("population", "sample")
 
 
-def default_vhr_layers(family: str, num_layers: int) -> list[int]:
-    """The paper's layer sets, scaled to ``num_layers`` (see the module docstring)."""
-    if family == "instructblip":
-        last = max(1, round(18 * num_layers / 32))
-        return list(range(num_layers - last, num_layers))
-    last = max(1, round(14 * num_layers / 32))
-    layers = set(range(num_layers - last, num_layers))
-    if num_layers > 2:
-        layers.add(1)
-    return sorted(layers)
-
-
 def select_heads(vhd: torch.Tensor, ta: torch.Tensor, *, outlier_rule: bool = True,
-                 std: str = "population") -> torch.Tensor:
+                 std: str = "population", noise_tol: float = 0.0) -> torch.Tensor:
     """VHR head selection for one layer (Eq. 6–7). ``vhd``, ``ta``: ``[..., heads]`` (fp32). Returns a bool mask.
 
-    Outliers (VHD > μ+σ *and* TA > μ+σ, over the heads) get VHD := 0, then the heads strictly above the median of
-    the (zeroed) VHD are kept — the "first half", fewer with ties.
+    A VHD at or below ``noise_tol`` times the head's no-image output norm (``sqrt(TA)``) is floating-point noise,
+    not signal, and counts as 0: when the last position cannot see the image (a question longer than a sliding
+    window), the image and no-image runs differ only by rounding, and a median split of that noise would still pick
+    half the heads. Outliers (VHD > μ+σ *and* TA > μ+σ, over the heads) get VHD := 0, then the heads strictly above
+    the median of the (zeroed) VHD are kept — the "first half", fewer with ties.
     """
     vhd = vhd.float()
+    ta = ta.float()
+    if noise_tol > 0:
+        vhd = vhd.masked_fill(vhd <= noise_tol * ta.sqrt(), 0.0)
     if outlier_rule:
         unbiased = std == "sample"
-        ta = ta.float()
         vhd_thr = vhd.mean(-1, keepdim=True) + vhd.std(-1, keepdim=True, unbiased=unbiased)
         ta_thr = ta.mean(-1, keepdim=True) + ta.std(-1, keepdim=True, unbiased=unbiased)
         vhd = vhd.masked_fill((vhd > vhd_thr) & (ta > ta_thr), 0.0)
     median = vhd.median(dim=-1, keepdim=True).values  # torch's median: the lower middle value for even counts
     return vhd > median
+
+
+def noise_tolerance(dtype: torch.dtype) -> float:
+    """Default relative VHD noise floor: a few units of roundoff of the model's dtype (fp32 4.8e-7, bf16 3.1e-2)."""
+    return 4 * torch.finfo(dtype).eps
 
 
 def head_divergence(heads: torch.Tensor, image_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +92,6 @@ class VHRState:
     scales: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, 1, H, 1], built once
 
 
-@register_method
 @dataclass(eq=False)
 class VHR(Intervention):
     """Vision-aware head reinforcement: scale the image-sensitive heads by alpha (ACL 2025)."""
@@ -110,33 +106,33 @@ class VHR(Intervention):
     outlier_rule: bool = field(default=True, metadata={"help": "zero VHD of heads that are mu+sigma outliers in "
                                                                "both VHD and TA before the median split"})
     outlier_std: str = field(default="population", metadata={"help": "sigma over heads: population | sample"})
+    noise_tol: float | None = field(default=None, metadata={
+        "help": "VHD <= noise_tol x the head's no-image output norm counts as 0 (rounding noise); default 4 x "
+                "the model dtype's epsilon, 0 = off (the paper's plain rule)"})
 
     def __post_init__(self) -> None:
-        self._fixed_mask: torch.Tensor | None = None  # [num_layers, H] for selection="fixed"
-        self._layers: list[int] = []
+        self._fixed_mask: torch.Tensor | None = None  # [num_layers, H] for selection="fixed" (a recipe tensor)
 
     # ------------------------------------------------------------------ validation
-    def bind(self, model: ModelInfo) -> SitePlan:
+    def bind(self, model: ModelInfo) -> Binding:
         check_range("vhr.alpha", self.alpha, low=0.0, low_inclusive=False)
-        if self.selection not in SELECTIONS:
-            raise ConfigError("vhr.selection", f"unknown value {self.selection!r}", SELECTIONS)
-        if self.outlier_std not in STD_KINDS:
-            raise ConfigError("vhr.outlier_std", f"unknown value {self.outlier_std!r}", STD_KINDS)
-        layers = default_vhr_layers(model.family, model.num_layers) if self.layers is None else list(self.layers)
-        if not layers:
-            raise ConfigError("vhr.layers", "must not be empty", f"0..{model.num_layers - 1}")
-        bad = [x for x in layers if not isinstance(x, int) or not 0 <= x < model.num_layers]
-        if bad:
-            raise ConfigError("vhr.layers", f"layers {bad} out of range for a {model.num_layers}-layer model",
-                              f"0..{model.num_layers - 1}")
+        check_choice("vhr.selection", self.selection, SELECTIONS)
+        check_choice("vhr.outlier_std", self.outlier_std, STD_KINDS)
+        check_bool("vhr.outlier_rule", self.outlier_rule)
+        if self.noise_tol is not None:
+            check_range("vhr.noise_tol", self.noise_tol, low=0.0)
+        if self.layers is None:
+            layers = model.adapter.vhr_layers(model.num_layers)
+        else:
+            layers = check_int_list("vhr.layers", self.layers, low=0, high=model.num_layers - 1)
         if self.selection == "fixed":
             if self._fixed_mask is None:
                 raise ConfigError("vhr.selection", "'fixed' needs a head mask (recipe tensor 'head_mask')")
             if tuple(self._fixed_mask.shape) != (model.num_layers, model.num_heads):
                 raise ConfigError("vhr.head_mask", f"shape {tuple(self._fixed_mask.shape)} does not match the "
                                   f"model", f"[{model.num_layers}, {model.num_heads}]")
-        self._layers = sorted(set(layers))
-        return {Site.HEAD_OUTPUT: frozenset(self._layers)}
+        layers = sorted(set(layers))
+        return Binding({Site.HEAD_OUTPUT: frozenset(layers)}, resolved=layers)
 
     # ------------------------------------------------------------------ recipe tensors
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -161,7 +157,7 @@ class VHR(Intervention):
         phase = sample.extras.get("phase")
         if self.selection == "fixed":
             return VHRState("fixed", heads={layer: self._fixed_mask[layer][None].expand(sample.batch_size, -1)
-                                            for layer in self._layers})
+                                            for layer in sample.resolved})
         if phase in ("lockstep", "probe"):
             rows = int(sample.extras["paired_rows"])
             if sample.batch_size != 2 * rows:
@@ -170,7 +166,7 @@ class VHR(Intervention):
             return VHRState(phase, paired_rows=rows)
         if phase == "apply":
             return VHRState("apply", heads=sample.extras["heads"], vhd=sample.extras.get("vhd", {}))
-        # A forward that did not come through hookkit.generate: the no-image branch is missing.
+        # A forward that did not come through hookkit.generation.generate: the no-image branch is missing.
         return VHRState("missing")
 
     def probe_result(self, state: VHRState) -> dict[str, Any]:
@@ -188,14 +184,15 @@ class VHR(Intervention):
         if state.mode == "missing":
             raise RuntimeError(
                 "VHR selects heads by comparing each prompt with its no-image version; run generation through "
-                "hookkit.generate(model, processor, prompts, images) (or `hookkit apply`), or use "
+                "hookkit.generation.generate(model, processor, prompts, images) (or `hookkit apply`), or use "
                 "selection='fixed' with a head mask")
         if self.alpha == 1.0 and state.mode not in ("lockstep", "probe"):
             return None
         if state.mode in ("lockstep", "probe") and ctx.is_prefill:
             rows = state.paired_rows
             vhd, ta = head_divergence(heads, rows)
-            chosen = select_heads(vhd, ta, outlier_rule=self.outlier_rule, std=self.outlier_std)
+            tol = noise_tolerance(heads.dtype) if self.noise_tol is None else self.noise_tol
+            chosen = select_heads(vhd, ta, outlier_rule=self.outlier_rule, std=self.outlier_std, noise_tol=tol)
             state.vhd[layer], state.ta[layer], state.heads[layer] = vhd, ta, chosen
             if state.mode == "probe" or self.alpha == 1.0:
                 return None  # the probe pass is unmodified
@@ -232,7 +229,7 @@ class _CaptureHeads(Intervention):
     name = "_capture_heads"
     last_positions: int = 1
 
-    def bind(self, model: ModelInfo) -> SitePlan:
+    def bind(self, model: ModelInfo) -> Binding:
         return {Site.HEAD_OUTPUT: frozenset(range(model.num_layers))}
 
     def new_state(self, sample: SampleInfo) -> dict[int, torch.Tensor]:

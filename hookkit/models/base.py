@@ -19,7 +19,7 @@ from hookkit import compat
 from hookkit.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
-    from hookkit.models.adapters import FamilyAdapter
+    from hookkit.models.families import FamilyAdapter
 
 
 @dataclass
@@ -52,7 +52,21 @@ class ModelInfo:
         return int(self.text_config.hidden_size)
 
     def o_proj(self, layer: int) -> nn.Module:
-        return self.attentions[layer].o_proj
+        """The output projection of layer ``layer``'s attention (its input is the per-head output)."""
+        return getattr(self.attentions[layer], self.adapter.o_proj)
+
+    def projection_targets(self) -> list[str]:
+        """Paths, inside a decoder layer, of the attention's input projections (q, k, v order; one when fused)."""
+        return [f"{self.adapter.attention_attr}.{name}" for name in self.adapter.projection_names()]
+
+    def query_key_targets(self) -> list[str]:
+        """The ``LINEAR``-site targets whose outputs hold the raw (un-rotated) queries and keys."""
+        targets = self.projection_targets()
+        return targets if self.adapter.qkv_proj is not None else targets[:2]
+
+    def split_query_key(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw queries ``[..., H*D]`` and keys ``[..., Hkv*D]`` from the outputs of ``query_key_targets()``."""
+        return self.adapter.split_query_key(self, outputs)
 
     def layer_types(self) -> list[str]:
         """"full_attention" / "sliding_attention" per layer (Mistral: all sliding; Gemma3: alternating)."""
@@ -79,33 +93,15 @@ class ModelInfo:
         }
 
 
-def find_text_attentions(model: nn.Module, text_config: Any) -> list[tuple[str, nn.Module]]:
-    """Attention modules of the text decoder, as (qualified name, module) sorted by ``layer_idx``."""
-    found = []
-    for name, module in model.named_modules():
-        if not all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            continue
-        if not isinstance(getattr(module, "layer_idx", None), int):
-            continue
-        cfg = getattr(module, "config", None)
-        if text_config is not None and cfg is not None and cfg is not text_config:
-            continue
-        found.append((name, module))
-    found.sort(key=lambda item: item[1].layer_idx)
-    return found
-
-
 def inspect_model(model: nn.Module, adapter: FamilyAdapter) -> ModelInfo:
     """Build ``ModelInfo``; raise ``UnsupportedModelError`` listing exactly what could not be found."""
     problems: list[str] = []
     config = model.config
     text_config = compat.text_config(config)
-    attentions = find_text_attentions(model, text_config)
+    attentions = adapter.find_text_attentions(model, text_config)
     if not attentions:
-        # A config object may be copied per sub-model; fall back to "any decoder attention with a layer index".
-        attentions = find_text_attentions(model, None)
-    if not attentions:
-        problems.append("no attention modules with q_proj, k_proj, v_proj, o_proj and an integer layer_idx")
+        names = ", ".join((*adapter.projection_names(), adapter.o_proj))
+        problems.append(f"no attention modules with {names} and an integer layer_idx")
     layer_ids = [m.layer_idx for _, m in attentions]
     if attentions and layer_ids != list(range(len(layer_ids))):
         problems.append(f"text attention layer_idx values are not 0..n-1: {layer_ids}")
@@ -116,8 +112,8 @@ def inspect_model(model: nn.Module, adapter: FamilyAdapter) -> ModelInfo:
     for name, _ in attentions:
         parent_name = name.rsplit(".", 1)[0] if "." in name else ""
         parent = named.get(parent_name)
-        if parent is None or getattr(parent, "self_attn", None) is None:
-            problems.append(f"attention module {name!r} is not the `self_attn` of a decoder layer")
+        if parent is None or getattr(parent, adapter.attention_attr, None) is None:
+            problems.append(f"attention module {name!r} is not the `{adapter.attention_attr}` of a decoder layer")
             break
         decoder_layers.append(parent)
         if text_model is None and "." in parent_name:
@@ -129,10 +125,13 @@ def inspect_model(model: nn.Module, adapter: FamilyAdapter) -> ModelInfo:
     head_dim = None
     if attentions:
         first = attentions[0][1]
-        head_dim = getattr(first, "head_dim", None)
-        o_in = getattr(first.o_proj, "in_features", None)
-        if o_in is None and hasattr(first.o_proj, "base_layer"):  # PEFT-wrapped o_proj
-            o_in = first.o_proj.base_layer.in_features
+        # Llama-style modules name it head_dim, GPT-NeoX-style ones head_size; else the config says it.
+        head_dim = (getattr(first, "head_dim", None) or getattr(first, "head_size", None)
+                    or getattr(text_config, "head_dim", None))
+        o_proj = getattr(first, adapter.o_proj)
+        o_in = getattr(o_proj, "in_features", None)
+        if o_in is None and hasattr(o_proj, "base_layer"):  # PEFT-wrapped o_proj
+            o_in = o_proj.base_layer.in_features
         if head_dim and o_in:
             num_heads = o_in // head_dim
     if not num_heads or not head_dim:

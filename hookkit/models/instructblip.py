@@ -15,31 +15,67 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image
+import transformers as T
 
 from hookkit import compat
-from hookkit.errors import InputError
-from hookkit.models.adapters import FamilyAdapter, _ensure_left_padding, register_adapter
+from hookkit.models.families import FamilyAdapter, ensure_left_padding
+from hookkit.models.tiny import IMAGE_TOKEN_ID, INIT, TEXT_CONFIG, TinySpec, make_tokenizer
+
+#: Sink dimensions are published for the LLaMA-2 base LLMs (methods-lvlm.md §2.6); InstructBLIP-Vicuna-7B is one.
+_LLAMA2_BY_WIDTH = {4096: "llama-2-7b", 5120: "llama-2-13b"}
 
 
-@register_adapter
+def _instructblip_config() -> T.PretrainedConfig:
+    return T.InstructBlipConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=56, patch_size=14, initializer_range=INIT),
+        qformer_config=dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, encoder_hidden_size=32, initializer_range=INIT, pad_token_id=0),
+        text_config=T.LlamaConfig(**TEXT_CONFIG), num_query_tokens=8, image_token_index=IMAGE_TOKEN_ID,
+    )
+
+
+def _instructblip_processor() -> Any:
+    # No image_token attribute: InstructBlipProcessor then registers "<image>" itself (it already has its id).
+    tok = make_tokenizer({"<image>": IMAGE_TOKEN_ID}, add_bos=True)
+    qtok = make_tokenizer({})
+    qtok.padding_side = "right"
+    ip = T.BlipImageProcessor(size={"height": 56, "width": 56})
+    # Like Salesforce/instructblip-vicuna-7b: no chat template, the prompt is the bare question.
+    return T.InstructBlipProcessor(image_processor=ip, tokenizer=tok, qformer_tokenizer=qtok, num_query_tokens=8)
+
+
 class InstructBlipAdapter(FamilyAdapter):
     family = "instructblip"
     model_types = ("instructblip",)
     image_token_attrs = ("image_token_index", "image_token_id")
+    tiny_models = (TinySpec("tiny-instructblip", "instructblip", _instructblip_config,
+                            "InstructBlipForConditionalGeneration", _instructblip_processor,
+                            "InstructBLIP: Q-Former (8 queries) + Llama"),)
 
-    def format_prompt(self, processor: Any, prompt: str, with_image: bool) -> str:
+    def vhr_layers(self, num_layers: int) -> list[int]:
+        """The last 18 of 32 layers for InstructBLIP (methods-lvlm.md §1.6), scaled to ``num_layers``."""
+        last = max(1, round(18 * num_layers / 32))
+        return list(range(num_layers - last, num_layers))
+
+    def sink_base_model(self, info: Any) -> str | None:
+        if info.text_config.model_type == "llama":
+            return _LLAMA2_BY_WIDTH.get(info.hidden_size)
+        return None
+
+    max_images_per_prompt = 1  # the Q-Former reads one image per prompt
+
+    def format_prompt(self, processor: Any, prompt: str, num_images: int | bool) -> str:
         # Salesforce/instructblip-* checkpoints take the bare question (no chat template).
         return prompt
 
-    def build_inputs(self, processor: Any, prompts: Sequence[str], images: Sequence[Image.Image | None],
+    def build_inputs(self, processor: Any, prompts: Sequence[str], images: Sequence[Any],
                      device: torch.device | str | None = None) -> Any:
-        if len(prompts) != len(images):
-            raise InputError(f"prompts and images differ in length: {len(prompts)} vs {len(images)}")
+        image_rows_in = self.image_lists(prompts, images)
         tokenizer = processor.tokenizer
-        _ensure_left_padding(tokenizer)
-        rows = [processor(text=[p], images=[im], return_tensors="pt") if im is not None
-                else processor(text=[p], return_tensors="pt") for p, im in zip(prompts, images)]
+        ensure_left_padding(tokenizer)
+        rows = [processor(text=[p], images=im, return_tensors="pt") if im
+                else processor(text=[p], return_tensors="pt") for p, im in zip(prompts, image_rows_in)]
         width = max(r["input_ids"].shape[1] for r in rows)
         pad_id = tokenizer.pad_token_id
         ids, mask = [], []

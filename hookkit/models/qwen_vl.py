@@ -12,13 +12,17 @@ processor whenever it can be built and falls back to this one otherwise.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers as T
 
-from hookkit.models.adapters import FamilyAdapter, register_adapter
+from hookkit.models.families import FamilyAdapter
+from hookkit.models.tiny import IMAGE_TOKEN_ID, INIT, TEXT_CONFIG, TinySpec, generic_template, make_tokenizer
+
+log = logging.getLogger(__name__)
 
 MARKER_FILE = "hookkit_processor.json"
 
@@ -97,18 +101,76 @@ def build_qwen_vl_processor(image_processor: Any, tokenizer: Any) -> Any:
         return QwenVLImageOnlyProcessor(image_processor, tokenizer)
 
 
-@register_adapter
+# ---------------------------------------------------------------- tiny twins
+QWEN_VS, QWEN_VE = 501, 502
+
+
+def _qwen_text() -> dict[str, Any]:
+    # mrope_section must sum to head_dim / 2 (= 8 here).
+    return {**TEXT_CONFIG, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}}
+
+
+def _qwen2_vl_config() -> T.PretrainedConfig:
+    return T.Qwen2VLConfig(
+        text_config=_qwen_text(),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, initializer_range=INIT),
+        image_token_id=IMAGE_TOKEN_ID, vision_start_token_id=QWEN_VS, vision_end_token_id=QWEN_VE,
+    )
+
+
+def _qwen2_5_vl_config() -> T.PretrainedConfig:
+    return T.Qwen2_5_VLConfig(
+        text_config=_qwen_text(),
+        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=4,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1], initializer_range=INIT),
+        image_token_id=IMAGE_TOKEN_ID, vision_start_token_id=QWEN_VS, vision_end_token_id=QWEN_VE,
+    )
+
+
+def _qwen_processor() -> Any:
+    tok = make_tokenizer(
+        {"<|image_pad|>": IMAGE_TOKEN_ID, "<|vision_start|>": QWEN_VS, "<|vision_end|>": QWEN_VE},
+        extra_special_tokens={"image_token": "<|image_pad|>"},
+        chat_template=generic_template("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    ip = T.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                    min_pixels=56 * 56, max_pixels=4 * 56 * 56)
+    return build_qwen_vl_processor(ip, tok)
+
+
+# ---------------------------------------------------------------- adapters
 class Qwen2VLAdapter(FamilyAdapter):
     """Qwen2-VL: dynamic-resolution ViT, ``<|vision_start|><|image_pad|>×n<|vision_end|>``, 3-D M-RoPE."""
 
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     image_token_attrs = ("image_token_id",)
+    tiny_models = (TinySpec("tiny-qwen2-vl", "qwen2_vl", _qwen2_vl_config, "Qwen2VLForConditionalGeneration",
+                            _qwen_processor, "Qwen2-VL with M-RoPE, variable image tokens"),)
+
+    def sink_base_model(self, info: Any) -> str | None:
+        return "qwen2-vl-7b" if info.hidden_size == 3584 else None  # methods-lvlm.md §2.6
+
+    def load_processor(self, source: str) -> Any:
+        """The real ``Qwen2VLProcessor`` when it can be built (it needs torchvision), else the image-only one."""
+        if (Path(source) / MARKER_FILE).exists():
+            return QwenVLImageOnlyProcessor.from_pretrained(source)
+        try:
+            return super().load_processor(source)
+        except Exception as exc:  # noqa: BLE001 - Qwen2VLProcessor needs torchvision's video processor
+            log.warning("Qwen2VLProcessor unavailable (%s); using hookkit's image-only equivalent", exc)
+            return QwenVLImageOnlyProcessor.from_pretrained(source)
 
 
-@register_adapter
 class Qwen25VLAdapter(Qwen2VLAdapter):
     """Qwen2.5-VL: windowed vision attention; needs ``mm_token_type_ids`` (the processors here always emit it)."""
 
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
+    tiny_models = (TinySpec("tiny-qwen2.5-vl", "qwen2_5_vl", _qwen2_5_vl_config,
+                            "Qwen2_5_VLForConditionalGeneration", _qwen_processor, "Qwen2.5-VL windowed vision tower"),)
+
+    def sink_base_model(self, info: Any) -> str | None:
+        return None

@@ -1,8 +1,9 @@
 """Tiny random-weight models with offline tokenizers and processors.
 
-Real LVLM weights cannot be downloaded in CI, so every architecture hookkit supports has a tiny twin here: a
-real ``transformers`` config shrunk to a few layers, random weights from a fixed seed, a small word-level
-tokenizer and the family's real processor class. Each model is written to disk as an ordinary checkpoint folder
+Real LVLM weights cannot be downloaded in CI, so every architecture hookkit supports has a tiny twin: a real
+``transformers`` config shrunk to a few layers, random weights from a fixed seed, a small word-level tokenizer and
+the family's real processor class. Each family file declares its twins (``FamilyAdapter.tiny_models``); this
+module holds the shared pieces (text config, word-level tokenizers, chat templates) and builds the folders. Each model is written to disk as an ordinary checkpoint folder
 (``save_pretrained``) and loaded back through the genuine ``from_pretrained`` + ``AutoProcessor`` path, so demos
 and tests exercise exactly the code a user runs on a hub checkpoint.
 
@@ -16,6 +17,7 @@ change to a recipe changes the hash, so stale folders are never reused.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -33,6 +35,8 @@ from hookkit import compat
 # Bump when the tiny recipes change in a way that the hashed fields below do not capture.
 TINY_RECIPE_VERSION = 3
 INIT = 0.08
+
+IMAGE_TOKEN_ID = 500  # image placeholder id of every tiny VLM (their specials sit above the word list)
 
 TEXT_CONFIG: dict[str, Any] = dict(
     vocab_size=512,
@@ -84,7 +88,7 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def _generic_template(image_marker: str, user: str = "User:", assistant: str = "Assistant:",
+def generic_template(image_marker: str, user: str = "User:", assistant: str = "Assistant:",
                       bos: bool = False) -> str:
     """``User: <image marker>{text}\nAssistant:``; content may be a string or a list of typed parts.
 
@@ -192,7 +196,7 @@ def make_tokenizer(
     return fast
 
 
-def _clip_vision(image_size: int = 56) -> T.CLIPVisionConfig:
+def clip_vision_config(image_size: int = 56) -> T.CLIPVisionConfig:
     return T.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=image_size, patch_size=14, projection_dim=32, initializer_range=INIT,
@@ -211,207 +215,11 @@ class TinySpec:
     description: str
 
 
-# ---------------------------------------------------------------- text decoders
-def _text_tokenizer() -> T.PreTrainedTokenizerFast:
-    return make_tokenizer({}, chat_template=_generic_template("", bos=True), add_bos=True)
+def tiny_models() -> dict[str, TinySpec]:
+    """Every tiny model, by alias, from the ``tiny_models`` of the registered family adapters."""
+    from hookkit.models.families import family_adapters
 
-
-def _llama_config() -> T.PretrainedConfig:
-    return T.LlamaConfig(**TEXT_CONFIG)
-
-
-def _qwen2_config() -> T.PretrainedConfig:
-    # Qwen2 ids: <|endoftext|> 0 (pad), <|im_start|> 1, <|im_end|> 2 (eos), as trained by make_qwen2_tokenizer.
-    return T.Qwen2Config(**{**TEXT_CONFIG, "bos_token_id": None})
-
-
-def _mistral_config() -> T.PretrainedConfig:
-    # A window of 8 so that sliding-window masking is exercised by short test prompts.
-    return T.MistralConfig(**TEXT_CONFIG, sliding_window=8)
-
-
-# ---------------------------------------------------------------- LLaVA family
-IMG = 500  # image token id used by every tiny VLM
-
-
-def _llava_tokenizer() -> T.PreTrainedTokenizerFast:
-    return make_tokenizer({"<image>": IMG}, extra_special_tokens={"image_token": "<image>"},
-                          chat_template=LLAVA_CHAT_TEMPLATE, add_bos=True)
-
-
-def _llava_config() -> T.PretrainedConfig:
-    return T.LlavaConfig(
-        vision_config=_clip_vision(), text_config=T.LlamaConfig(**TEXT_CONFIG), image_token_index=IMG,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=16,
-    )
-
-
-def _clip_image_processor() -> Any:
-    return T.CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-
-
-def _llava_processor() -> Any:
-    return T.LlavaProcessor(
-        image_processor=_clip_image_processor(), tokenizer=_llava_tokenizer(), patch_size=14,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-
-
-_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
-
-
-def _llava_next_config() -> T.PretrainedConfig:
-    return T.LlavaNextConfig(
-        vision_config=_clip_vision(), text_config=T.LlamaConfig(**TEXT_CONFIG), image_token_index=IMG,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_grid_pinpoints=_PINPOINTS,
-        image_seq_length=16,
-    )
-
-
-def _llava_next_processor() -> Any:
-    ip = T.LlavaNextImageProcessor(
-        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=_PINPOINTS
-    )
-    return T.LlavaNextProcessor(
-        image_processor=ip, tokenizer=_llava_tokenizer(), patch_size=14,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-
-
-# ---------------------------------------------------------------- Qwen2-VL / Qwen2.5-VL
-QWEN_VS, QWEN_VE = 501, 502
-
-
-def _qwen_text() -> dict[str, Any]:
-    # mrope_section must sum to head_dim / 2 (= 8 here).
-    return {**TEXT_CONFIG, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}}
-
-
-def _qwen2_vl_config() -> T.PretrainedConfig:
-    return T.Qwen2VLConfig(
-        text_config=_qwen_text(),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, initializer_range=INIT),
-        image_token_id=IMG, vision_start_token_id=QWEN_VS, vision_end_token_id=QWEN_VE,
-    )
-
-
-def _qwen2_5_vl_config() -> T.PretrainedConfig:
-    return T.Qwen2_5_VLConfig(
-        text_config=_qwen_text(),
-        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=4,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1], initializer_range=INIT),
-        image_token_id=IMG, vision_start_token_id=QWEN_VS, vision_end_token_id=QWEN_VE,
-    )
-
-
-def _qwen_processor() -> Any:
-    from hookkit.models.qwen_vl import build_qwen_vl_processor
-
-    tok = make_tokenizer(
-        {"<|image_pad|>": IMG, "<|vision_start|>": QWEN_VS, "<|vision_end|>": QWEN_VE},
-        extra_special_tokens={"image_token": "<|image_pad|>"},
-        chat_template=_generic_template("<|vision_start|><|image_pad|><|vision_end|>"),
-    )
-    ip = T.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                    min_pixels=56 * 56, max_pixels=4 * 56 * 56)
-    return build_qwen_vl_processor(ip, tok)
-
-
-# ---------------------------------------------------------------- Idefics3 / SmolVLM
-def _idefics3_config() -> T.PretrainedConfig:
-    return T.Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=16, initializer_range=INIT),
-        text_config={**TEXT_CONFIG, "vocab_size": 576}, image_token_id=IMG, scale_factor=2,
-    )
-
-
-def _idefics3_processor() -> Any:
-    specials = {"<image>": IMG, "<fake_token_around_image>": 501, "<global-img>": 502}
-    specials.update({f"<row_{r}_col_{c}>": 503 + (r - 1) * 6 + (c - 1) for r in range(1, 7) for c in range(1, 7)})
-    tok = make_tokenizer(specials, vocab_size=576, extra_special_tokens={"image_token": "<image>"},
-                         chat_template=_generic_template("<image>"))
-    ip = T.Idefics3ImageProcessor(size={"longest_edge": 128}, max_image_size={"longest_edge": 64})
-    return T.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4,
-                               chat_template=_generic_template("<image>"))
-
-
-# ---------------------------------------------------------------- Gemma3
-GEMMA_BOI, GEMMA_EOI = 501, 502
-
-
-def _gemma3_config() -> T.PretrainedConfig:
-    return T.Gemma3Config(
-        text_config={**TEXT_CONFIG, "num_hidden_layers": 4, "head_dim": 16, "query_pre_attn_scalar": 16,
-                     "sliding_window": 6, "sliding_window_pattern": 2},
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=56, patch_size=14, initializer_range=INIT),
-        mm_tokens_per_image=4, image_token_index=IMG, boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI,
-        initializer_range=INIT,
-    )
-
-
-def _gemma3_processor() -> Any:
-    tok = make_tokenizer(
-        {"<image_soft_token>": IMG, "<start_of_image>": GEMMA_BOI, "<end_of_image>": GEMMA_EOI},
-        extra_special_tokens={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
-                              "eoi_token": "<end_of_image>"},
-        chat_template=_generic_template("<start_of_image>"),
-    )
-    ip = T.Gemma3ImageProcessor(size={"height": 56, "width": 56})
-    return T.Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=4,
-                             chat_template=_generic_template("<start_of_image>"))
-
-
-# ---------------------------------------------------------------- InstructBLIP
-def _instructblip_config() -> T.PretrainedConfig:
-    return T.InstructBlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=56, patch_size=14, initializer_range=INIT),
-        qformer_config=dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, encoder_hidden_size=32, initializer_range=INIT, pad_token_id=0),
-        text_config=T.LlamaConfig(**TEXT_CONFIG), num_query_tokens=8, image_token_index=IMG,
-    )
-
-
-def _instructblip_processor() -> Any:
-    # No image_token attribute: InstructBlipProcessor then registers "<image>" itself (it already has id IMG).
-    tok = make_tokenizer({"<image>": IMG}, add_bos=True)
-    qtok = make_tokenizer({})
-    qtok.padding_side = "right"
-    ip = T.BlipImageProcessor(size={"height": 56, "width": 56})
-    # Like Salesforce/instructblip-vicuna-7b: no chat template, the prompt is the bare question.
-    return T.InstructBlipProcessor(image_processor=ip, tokenizer=tok, qformer_tokenizer=qtok, num_query_tokens=8)
-
-
-TINY_MODELS: dict[str, TinySpec] = {
-    spec.name: spec
-    for spec in [
-        TinySpec("tiny-llama", "llama", _llama_config, "LlamaForCausalLM", _text_tokenizer, "3-layer Llama, GQA 4/2"),
-        TinySpec("tiny-qwen2", "qwen2", _qwen2_config, "Qwen2ForCausalLM", make_qwen2_tokenizer,
-                 "3-layer Qwen2 (qkv bias), byte-level BPE tokenizer"),
-        TinySpec("tiny-mistral", "mistral", _mistral_config, "MistralForCausalLM", _text_tokenizer,
-                 "3-layer Mistral, sliding window 8"),
-        TinySpec("tiny-llava", "llava", _llava_config, "LlavaForConditionalGeneration", _llava_processor,
-                 "CLIP + Llama, 16 image tokens (LLaVA-1.5 layout)"),
-        TinySpec("tiny-llava-next", "llava_next", _llava_next_config, "LlavaNextForConditionalGeneration",
-                 _llava_next_processor, "LLaVA-NeXT anyres tiles"),
-        TinySpec("tiny-qwen2-vl", "qwen2_vl", _qwen2_vl_config, "Qwen2VLForConditionalGeneration", _qwen_processor,
-                 "Qwen2-VL with M-RoPE, variable image tokens"),
-        TinySpec("tiny-qwen2.5-vl", "qwen2_5_vl", _qwen2_5_vl_config, "Qwen2_5_VLForConditionalGeneration",
-                 _qwen_processor, "Qwen2.5-VL windowed vision tower"),
-        TinySpec("tiny-smolvlm", "idefics3", _idefics3_config, "Idefics3ForConditionalGeneration",
-                 _idefics3_processor, "Idefics3/SmolVLM with image splitting"),
-        TinySpec("tiny-gemma3", "gemma3", _gemma3_config, "Gemma3ForConditionalGeneration", _gemma3_processor,
-                 "Gemma3 with alternating sliding (window 6) and full layers"),
-        TinySpec("tiny-instructblip", "instructblip", _instructblip_config, "InstructBlipForConditionalGeneration",
-                 _instructblip_processor, "InstructBLIP: Q-Former (8 queries) + Llama"),
-    ]
-}
+    return {spec.name: spec for cls in family_adapters() for spec in cls.tiny_models}
 
 
 def cache_root() -> Path:
@@ -420,9 +228,11 @@ def cache_root() -> Path:
 
 def _recipe_hash(spec: TinySpec) -> str:
     cfg = spec.build_config().to_json_string(use_diff=False)
-    # The module source is hashed too, so any edit to a tokenizer or processor recipe rebuilds the folders.
+    # The sources are hashed too (this module and the family's file), so any edit to a tokenizer or processor
+    # recipe rebuilds the folders.
+    family_source = inspect.getsource(inspect.getmodule(spec.build_config))
     blob = json.dumps({"v": TINY_RECIPE_VERSION, "cfg": cfg, "cls": spec.model_class, "tf": T.__version__,
-                       "src": Path(__file__).read_text()}, sort_keys=True)
+                       "src": Path(__file__).read_text(), "family_src": family_source}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -432,9 +242,10 @@ def tiny_model_path(name: str, *, rebuild: bool = False) -> Path:
     The folder is written to a temporary directory and renamed into place, so concurrent test workers and
     interrupted builds never leave a half-written checkpoint behind.
     """
-    if name not in TINY_MODELS:
-        raise KeyError(f"unknown tiny model {name!r}; allowed: {sorted(TINY_MODELS)}")
-    spec = TINY_MODELS[name]
+    specs = tiny_models()
+    if name not in specs:
+        raise KeyError(f"unknown tiny model {name!r}; allowed: {sorted(specs)}")
+    spec = specs[name]
     target = cache_root() / "tiny" / f"{name}-{_recipe_hash(spec)}"
     if target.exists() and not rebuild:
         return target

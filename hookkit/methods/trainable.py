@@ -191,10 +191,10 @@ def save_adapter(intervention: AdapterIntervention, info: ModelInfo, directory: 
     if extra:
         config["training"] = extra
     _atomic(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    _atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n"))
     recipe = Recipe.from_interventions([intervention], model=fingerprint).to_dict()
     recipe["tensors"] = WEIGHTS_NAME
-    _atomic(directory / RECIPE_NAME, lambda p: p.write_text(json.dumps(recipe, indent=2) + "\n"))
+    _atomic(directory / RECIPE_NAME, lambda p: p.write_text(json.dumps(recipe, indent=2, allow_nan=False) + "\n"))
     return directory
 
 

@@ -1,0 +1,1 @@
+"""The built-in ``hookkit eval`` tasks, one module each (listed in ``hookkit.registry.TASKS``)."""

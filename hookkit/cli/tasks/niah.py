@@ -1,0 +1,78 @@
+"""``hookkit eval niah``: needle in a haystack over a length x depth grid (eval-protocols.md §6.2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hookkit.cli.common import float_list, int_list
+from hookkit.cli.evaluation import TaskCommand, add_long_context_model_args, add_runner_args, fmt, gigabytes, run_eval
+from hookkit.errors import ConfigError
+
+
+def _one_prompt_at_a_time(args: argparse.Namespace) -> None:
+    if args.batch_size != 1:
+        raise ConfigError("--batch-size", "long-context tasks run one prompt at a time", [1])
+
+
+def add_niah_arguments(p: argparse.ArgumentParser) -> None:
+    from hookkit.evals.niah_task import NIAH_MAX_NEW_TOKENS
+
+    add_long_context_model_args(p)
+    g = p.add_argument_group("needle in a haystack")
+    g.add_argument("--lengths", type=int_list, default=[2048, 4096, 8192], metavar="N[,N...]",
+                   help="prompt lengths in tokens (default 2048,4096,8192)")
+    g.add_argument("--depths", type=float_list, default=[0.0, 25.0, 50.0, 75.0, 100.0], metavar="P[,P...]",
+                   help="needle depths in percent (default 0,25,50,75,100)")
+    g.add_argument("--haystack", metavar="FILE", help="UTF-8 haystack text (default: the shipped KJV)")
+    g.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS,
+                   help=f"greedy budget (default {NIAH_MAX_NEW_TOKENS}, §6.2)")
+    g.add_argument("--no-heatmap", action="store_true", help="do not draw the heatmap PNGs")
+    add_runner_args(p)
+
+
+def _niah_summary(results: dict[str, Any]) -> list[str]:
+    entry = results["results"]["niah"]
+    lines = [f"niah: {results['n-samples']['niah']['effective']} cells, ROUGE-1 x10 "
+             f"{fmt(entry['rouge1_x10,none'], '.2f')}, substring {fmt(entry['substring_accuracy,none'], '.2f')}, "
+             f"{entry['n_errors']} errors"]
+    lines.append(f"{'length':>8}{'n':>4}{'ROUGE x10':>11}{'substring':>11}{'prefill s':>11}{'peak RSS GB':>13}")
+    for n, c in entry["per_length,none"].items():
+        lines.append(f"{n:>8}{c['n']:>4}{fmt(c['rouge1_x10'], '.2f'):>11}{fmt(c['substring_accuracy'], '.2f'):>11}"
+                     f"{fmt(c['prefill_s_median'], '.1f'):>11}{gigabytes(c['peak_rss_bytes_max']):>13}")
+    return lines
+
+
+def run_niah(args: argparse.Namespace) -> int:
+    from hookkit.errors import InputError
+    from hookkit.evals.niah_task import NiahTask, write_heatmaps
+    from hookkit.evals.runner import OutputPaths, read_jsonl
+
+    for d in args.depths:
+        if not 0.0 <= d <= 100.0:
+            raise ConfigError("--depths", f"depth {d} is not a percentage in [0, 100]")
+    haystack = None
+    if args.haystack:
+        try:
+            haystack = Path(args.haystack).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--haystack {args.haystack}: cannot read it as UTF-8 text ({exc})") from exc
+
+    def make_task(tokenizer: Any) -> NiahTask:
+        return NiahTask(tokenizer, args.lengths, args.depths, haystack=haystack, haystack_name=args.haystack,
+                        max_new_tokens=args.max_new_tokens)
+
+    def after(task: Any, out: Path) -> list[str]:
+        if args.no_heatmap:
+            return []
+        records, _, _ = read_jsonl(OutputPaths(out, task.name).samples)
+        return [f"heatmap: {p}" for p in write_heatmaps(records, out, title=f"NIAH {args.model}")]
+
+    _one_prompt_at_a_time(args)
+    return run_eval(args, make_task, _niah_summary, after, task_needs_processor=True)
+
+
+NIAH = TaskCommand(
+    help="needle in a haystack over a length x depth grid (KJV haystack): ROUGE-1 x10 and substring scores",
+    description="Protocol: eval-protocols.md §6.2.", add_arguments=add_niah_arguments, run=run_niah)
