@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import hookkit  # noqa: E402
 from hookkit import compat  # noqa: E402
+from hookkit.evals.corpus import load_corpus  # noqa: E402
 from hookkit.methods.alora import ALoRA  # noqa: E402
 from hookkit.methods.lora import LoRA  # noqa: E402
 from hookkit.methods.moh import MoH  # noqa: E402
-from hookkit.methods.training import TrainConfig, Trainer, heldout_perplexity, load_corpus, tokenize_blocks  # noqa: E402
+from hookkit.methods.training import TrainConfig, Trainer, heldout_perplexity, tokenize_blocks  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "bench_moh_alora"

@@ -19,6 +19,7 @@ from helpers import build_batch, prefill_logits
 import hookkit
 from hookkit.core.recipe import Recipe
 from hookkit.errors import ConfigError, InputError
+from hookkit.evals.corpus import load_corpus
 from hookkit.methods.alora import ALoRA
 from hookkit.methods.lora import LoRA
 from hookkit.methods.moh import MoH
@@ -31,7 +32,7 @@ from hookkit.methods.trainable import (
     save_adapter,
     unload_adapter,
 )
-from hookkit.methods.training import TrainConfig, Trainer, load_corpus, tokenize_blocks
+from hookkit.methods.training import TrainConfig, Trainer, tokenize_blocks
 
 TEXT = (
     "In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void; and "

@@ -16,7 +16,8 @@ from hookkit.cli.common import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from hookkit.methods.training import CORPORA, TrainConfig
+    from hookkit.evals.corpus import CORPORA
+    from hookkit.methods.training import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--method", required=True, help="trainable method: moh | alora | lora")
@@ -57,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     import hookkit
     from hookkit.cli.common import parse_param_strings
     from hookkit.errors import ConfigError
+    from hookkit.evals.corpus import load_corpus
     from hookkit.methods.registry import build_method
     from hookkit.methods.trainable import adapter_method_names
-    from hookkit.methods.training import TrainConfig, Trainer, load_corpus
+    from hookkit.methods.training import TrainConfig, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

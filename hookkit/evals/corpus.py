@@ -37,6 +37,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
+
+from hookkit.errors import ConfigError, InputError
 
 __all__ = [
     "KJV_RESOURCE",
@@ -49,6 +52,8 @@ __all__ = [
     "corpus_sha256",
     "kjv_chapters",
     "split_train_heldout",
+    "CORPORA",
+    "load_corpus",
 ]
 
 #: File name of the gzip-compressed text inside ``hookkit/evals/data``.
@@ -167,3 +172,48 @@ def _next_boundary(text: str, cut: int) -> int:
     if line != -1:
         return line + 1
     return cut
+
+
+# ------------------------------------------------------------------------------------------------ training text
+#: built-in data sources for ``hookkit tune`` (shipped with hookkit, public domain; see data/PROVENANCE.md)
+CORPORA = {
+    "kjv": "the King James Bible as plain prose (chapter headings, one verse per line)",
+    "kjv-refs": "the King James Bible as reference lines: 'Genesis 1:1 In the beginning ...'",
+}
+
+
+def load_corpus(sources: list[str], heldout_fraction: float = 0.05) -> tuple[str, str]:
+    """Train and held-out text from files and/or built-in corpora (``kjv``, ``kjv-refs``); no network.
+
+    Files are read as UTF-8 and joined with blank lines; the held-out part is the tail of the whole
+    (``split_train_heldout``). ``kjv-refs`` uses the same chapter cut as ``kjv`` (held-out from Colossians 2 on at 5 %).
+    """
+    if not sources:
+        raise ConfigError("--data", "no data given", ["a text file", *CORPORA])
+    if len(sources) == 1 and sources[0] in CORPORA:
+        text = load_kjv_text()
+        train, heldout = split_train_heldout(text, heldout_fraction)
+        if sources[0] == "kjv":
+            return train, heldout
+        n_train = len(kjv_chapters(train)) if train else 0
+        chapters = kjv_chapters(text)
+        fmt = ["\n".join(c.references()) for c in chapters]
+        return "\n".join(fmt[:n_train]) + "\n", "\n".join(fmt[n_train:]) + "\n"
+    parts = []
+    for src in sources:
+        if src in CORPORA:
+            raise ConfigError("--data", f"built-in corpus {src!r} cannot be mixed with files")
+        path = Path(src)
+        if not path.is_file():
+            raise InputError(f"--data: {path} does not exist or is not a file (built-in corpora: "
+                             f"{', '.join(CORPORA)})")
+        try:
+            parts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"--data: {path} is not UTF-8 text: {exc}") from exc
+    text = "\n\n".join(parts)
+    train, heldout = split_train_heldout(text, heldout_fraction)
+    if not heldout.strip():
+        raise InputError("--data: the held-out part of the text is empty; give more text or a larger "
+                         "--heldout-fraction")
+    return train, heldout

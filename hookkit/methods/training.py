@@ -1,6 +1,7 @@
 """A small, exact trainer for hookkit adapters (MoH, ALoRA, LoRA) on plain-text files; used by ``hookkit tune``.
 
-    from hookkit.methods.training import TrainConfig, Trainer, load_corpus
+    from hookkit.evals.corpus import load_corpus
+    from hookkit.methods.training import TrainConfig, Trainer
     model, tok = hookkit.load("smollm2")
     train_text, heldout_text = load_corpus(["kjv"])
     trainer = Trainer(model, tok, MoH(lora_rank=16), TrainConfig(steps=200), output_dir="runs/moh",
@@ -8,7 +9,8 @@
     summary = trainer.train()
 
 Data: the text is tokenised (no special tokens), concatenated and cut into fixed ``seq_len`` blocks; the held-out
-part is the tail of the text (``hookkit.evals.corpus.split_train_heldout``, no RNG). Batches are drawn from a
+part is the tail of the text (``hookkit.evals.corpus.load_corpus`` / ``split_train_heldout``, no RNG; the trainer
+itself only takes the two texts). Batches are drawn from a
 per-epoch permutation seeded by ``(seed, epoch)``, so the batch of step s is a pure function of the seed and s.
 
 Training: the base model is frozen (its ``requires_grad`` flags and train/eval mode are restored afterwards), only
@@ -50,11 +52,6 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 LOG_NAME = "log.jsonl"
-#: built-in data sources (shipped with hookkit, public domain; see hookkit/evals/data/PROVENANCE.md)
-CORPORA = {
-    "kjv": "the King James Bible as plain prose (chapter headings, one verse per line)",
-    "kjv-refs": "the King James Bible as reference lines: 'Genesis 1:1 In the beginning ...'",
-}
 
 
 @dataclass
@@ -101,45 +98,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_corpus(sources: list[str], heldout_fraction: float = 0.05) -> tuple[str, str]:
-    """Train and held-out text from files and/or built-in corpora (``kjv``, ``kjv-refs``); no network.
-
-    Files are read as UTF-8 and joined with blank lines; the held-out part is the tail of the whole
-    (``split_train_heldout``). ``kjv-refs`` uses the same chapter cut as ``kjv`` (held-out from Colossians 2 on at 5 %).
-    """
-    from hookkit.evals.corpus import kjv_chapters, load_kjv_text, split_train_heldout
-
-    if not sources:
-        raise ConfigError("--data", "no data given", ["a text file", *CORPORA])
-    if len(sources) == 1 and sources[0] in CORPORA:
-        text = load_kjv_text()
-        train, heldout = split_train_heldout(text, heldout_fraction)
-        if sources[0] == "kjv":
-            return train, heldout
-        n_train = len(kjv_chapters(train)) if train else 0
-        chapters = kjv_chapters(text)
-        fmt = ["\n".join(c.references()) for c in chapters]
-        return "\n".join(fmt[:n_train]) + "\n", "\n".join(fmt[n_train:]) + "\n"
-    parts = []
-    for src in sources:
-        if src in CORPORA:
-            raise ConfigError("--data", f"built-in corpus {src!r} cannot be mixed with files")
-        path = Path(src)
-        if not path.is_file():
-            raise InputError(f"--data: {path} does not exist or is not a file (built-in corpora: "
-                             f"{', '.join(CORPORA)})")
-        try:
-            parts.append(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InputError(f"--data: {path} is not UTF-8 text: {exc}") from exc
-    text = "\n\n".join(parts)
-    train, heldout = split_train_heldout(text, heldout_fraction)
-    if not heldout.strip():
-        raise InputError("--data: the held-out part of the text is empty; give more text or a larger "
-                         "--heldout-fraction")
-    return train, heldout
-
-
 def tokenize_blocks(tokenizer: Any, text: str, seq_len: int) -> torch.Tensor:
     """``[N, seq_len]`` token blocks of ``text`` (no special tokens; the remainder is dropped).
 
