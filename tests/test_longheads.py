@@ -164,6 +164,12 @@ class RefLongHeads(Intervention):
                     g = hh // (self.H // self.Hkv)
                     total += float((k[cand * w:(cand + 1) * w, g] @ q[t, hh]).max())
                     continue
+                if score == "max_key_bound":  # Σ_d max(q_d·max_j k_jd, q_d·min_j k_jd) over the chunk's raw keys
+                    g = hh // (self.H // self.Hkv)
+                    keys = k[cand * w:(cand + 1) * w, g]
+                    qq = q[t, hh]
+                    total += float(qq.clamp_min(0) @ keys.max(0).values + qq.clamp_max(0) @ keys.min(0).values)
+                    continue
                 key = (*self._where, cand, hh)
                 if key not in memo:
                     memo[key] = self.summary(q, k, v, cand, hh, scale)
@@ -270,8 +276,11 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, m
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
     ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9, tail_recent=1)),
     ("kv_head", True, dict(prefill_selection="token", tail_selection="summary", exact_tail=9, tail_recent=1)),
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9)),
+    ("kv_head", True, dict(prefill_selection="token", tail_selection="max_key_bound", exact_tail=9, tail_recent=1)),
 ], ids=["official", "official-kv", "official-noself", "default", "default-kv", "block", "token-maxkey", "recent-maxkey",
-        "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv"])
+        "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv", "recent-bound",
+        "token-bound-tailrecent-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any], name: str = "tiny-llama") -> None:
     model, _, info = tiny(name)
@@ -362,7 +371,31 @@ def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
         assert state.stats["chunks_max"] >= K and state.stats["pairs_max"] >= K - 1
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
         assert state.stats["pairs_max"] <= W * (K - 1) + 1
-    assert state.rows[0][0].k_loc.shape[1] <= 240 + 4 * W  # per-token state: linear in the context
+    # No per-token copy of the keys: what a row keeps is per chunk (summaries, key bounds) or a chunk's worth.
+    row = state.rows[0][0]
+    tokens = 240 + 1
+    per_chunk = [t for t in (row.summ, row.kmax, row.kmin)]
+    assert all(t.shape[1] <= tokens // W + 8 for t in per_chunk)
+    assert row.q_tail.shape[1] < W
+    assert not any(isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[-2] >= tokens for v in vars(row).values())
+
+
+@pytest.mark.parametrize("tail", ["max_key", "max_key_bound", "summary"])
+def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
+    """Memory at the stock model's level: LongHeads derives locally rotated keys from the cache, never copies them.
+
+    A row keeps per chunk at most a summary per query head and two key bounds per KV head, plus the queries of
+    the chunk being filled; a copy of the keys would add KV heads x tokens x D per layer.
+    """
+    model, _, info = tiny()
+    w, tokens = 16, 243
+    iv = LongHeads(chunk_size=w, atten_length=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
+    _, state = run(model, iv, prompt(240, seed=4), new=3)
+    H, Hkv, D = info.num_heads, info.num_kv_heads, info.head_dim
+    per_layer = [sum(v.numel() for row in rows for v in vars(row).values() if isinstance(v, torch.Tensor))
+                 for rows in state.rows.values()]
+    bound = ((tokens // w + 8) * (H + 2 * Hkv) + H * w) * D
+    assert max(per_layer) <= bound < Hkv * tokens * D
 
 
 def test_summaries_are_kept_only_when_a_score_reads_them() -> None:

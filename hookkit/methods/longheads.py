@@ -9,12 +9,16 @@ range. Algorithm as implemented in the official code (``LuLuLuyi/LongHeads``): .
 
 How it sits on the registry (no forked model):
 
-* ``LINEAR`` site on ``self_attn.q_proj`` / ``self_attn.k_proj``: captures the raw, un-rotated queries and keys
-  of the forward (biases included, as the official code caches them; §1.10). Read only.
-* ``ATTENTION`` site: computes the layer's attention. Values come from ``call.value`` (the model's own KV cache).
-* Per-layer, per-row state (``new_state``, fresh for every prompt): the *locally rotated* keys
-  ``k_loc[j] = R(j mod w)·k_raw[j]`` of every real token, the locally rotated queries of the current incomplete
-  chunk, and one summary per complete chunk and query head.
+* ``LINEAR`` site on the query and key projections (``q_proj``/``k_proj``, or a fused ``qkv_proj`` split by the
+  family adapter): captures the raw, un-rotated queries and keys of the forward (biases included, as the official
+  code caches them; §1.10). Read only.
+* ``ATTENTION`` site: computes the layer's attention. Keys and values come from the model's own KV cache: the
+  *locally rotated* keys ``k_loc[j] = R(j mod w)·k_raw[j]`` are derived chunk by chunk from the cached keys
+  ``R(j + p0)·k_raw[j]`` by rotating them back by ``c·w + p0`` (exact up to rounding), so LongHeads keeps no second
+  copy of the keys and its memory stays at the stock model's.
+* Per-layer, per-row state (``new_state``, fresh for every prompt), all per chunk: one summary per complete chunk
+  and query head (only for the summary scores), the per-dimension max and min of each chunk's raw keys (only for
+  ``tail_selection="max_key_bound"``), and the locally rotated queries of the incomplete chunk.
 
 Chunk summaries (§1.3 a): local RoPE, bidirectional in-chunk attention ``o_j``, summary query ``s_c = mean_j o_j``,
 then ``c_c = Σ_l softmax(s_c·k̃_l/√d)·k̃_l``. Score of chunk c for query t: ``q_raw[t]·c_c`` (un-rotated query,
@@ -26,8 +30,8 @@ selection. Only rotations by multiples of w (at most K distinct ones) are needed
 nothing is rotated at a position outside the trained range.
 
 Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to the
-layer's stock attention with the call's own arguments (``AttnCall.stock``: bit-identical to the stock model). Between B and
-``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
+layer's stock attention with the call's own arguments (``AttnCall.stock``: bit-identical to the stock model).
+Between B and ``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
 true ones, so those queries also take the ordinary causal path.
 
 Vectorised prefill (no loop per token): queries are processed in blocks of one chunk (or ``query_block``). For a
@@ -84,7 +88,7 @@ from hookkit.models.base import ModelInfo, rotary_embedding
 
 GQA_CHOICES = ("query_head", "kv_head")
 PREFILL_CHOICES = ("token", "block", "recent")
-TAIL_CHOICES = ("max_key", "summary")
+TAIL_CHOICES = ("max_key", "max_key_bound", "summary")
 DEFAULT_ATTEN_LENGTH = 4096
 
 
@@ -101,13 +105,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class _Row:
-    """LongHeads state of one (layer, batch row)."""
+    """LongHeads state of one (layer, batch row). The keys themselves live only in the model's KV cache."""
 
-    k_loc: torch.Tensor  # [Hkv, cap, D] locally rotated keys of real tokens 0..length-1 (model dtype)
-    summ: torch.Tensor  # [H, cap_chunks, D] chunk summaries c_c (fp32 or wider)
-    q_tail: torch.Tensor  # [H, length - n_summ*w, D] locally rotated queries of the incomplete chunk
+    summ: torch.Tensor  # [H, cap_chunks, D] chunk summaries c_c (fp32 or wider), when a score reads them
+    q_tail: torch.Tensor  # [H, length - n_summ*w, D] locally rotated queries of the incomplete chunk (summaries)
+    kmax: torch.Tensor  # [Hkv, cap_chunks, D] per chunk, the elementwise max of its raw keys (bound scores)
+    kmin: torch.Tensor  # [Hkv, cap_chunks, D] ... and the elementwise min
     length: int = 0
     n_summ: int = 0
+    pos0: int | None = None  # RoPE position of the row's first real token in the cache (found at its first append)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class LongHeadsSettings:
     tail_recent: int  # local-window chunks of the exact tail and decoding
     stock_until: int  # queries below max(B, atten_length) use ordinary attention
     uses_summaries: bool  # some score reads chunk summaries
+    uses_bounds: bool  # the tail score reads per-chunk key bounds
     num_heads: int
     num_kv: int
     head_dim: int
@@ -133,9 +140,8 @@ class LongHeadsSettings:
 def _empty_row(call: AttnCall) -> _Row:
     H, Hkv, D, dev, dt = call.num_heads, call.num_kv_heads, call.query.shape[-1], call.query.device, call.query.dtype
     sdt = torch.promote_types(dt, torch.float32)
-    return _Row(k_loc=torch.empty(Hkv, 0, D, dtype=dt, device=dev),
-                summ=torch.empty(H, 0, D, dtype=sdt, device=dev),
-                q_tail=torch.empty(H, 0, D, dtype=dt, device=dev))
+    return _Row(summ=torch.empty(H, 0, D, dtype=sdt, device=dev), q_tail=torch.empty(H, 0, D, dtype=dt, device=dev),
+                kmax=torch.empty(Hkv, 0, D, dtype=dt, device=dev), kmin=torch.empty(Hkv, 0, D, dtype=dt, device=dev))
 
 
 @dataclass
@@ -152,6 +158,25 @@ class LongHeadsState:
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
     rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
     count_pairs: bool = False
+
+    def rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[*positions.shape, D]`` (fp32) of the model's own RoPE at ``positions``."""
+        flat = positions.reshape(1, -1)
+        cos, sin = self.cfg.rotary(torch.zeros(1, dtype=torch.float32, device=flat.device), flat)
+        return cos[0].float().view(*positions.shape, -1), sin[0].float().view(*positions.shape, -1)
+
+    def local_keys(self, keys: torch.Tensor, chunks: torch.Tensor, pos0: int) -> torch.Tensor:
+        """Locally rotated keys ``R(m)·k_raw`` of whole chunks, derived from the model's cached keys.
+
+        ``keys [..., w, D]`` are the cache's keys of chunks ``chunks`` (shape ``[...]``), i.e. ``R(c·w + m +
+        pos0)·k_raw``; rotating them back by ``c·w + pos0`` gives ``R(m)·k_raw`` exactly up to rounding (RoPE
+        rotations compose), so no second copy of the keys is kept: memory stays at the stock model's.
+        """
+        cos, sin = self.rope_at(chunks * self.cfg.w + pos0)  # [..., D]
+        acc = torch.promote_types(keys.dtype, torch.float32)
+        k = keys.to(acc)
+        cos, sin = cos.to(acc).unsqueeze(-2), sin.to(acc).unsqueeze(-2)
+        return (k * cos - rotate_half(k) * sin).to(keys.dtype)  # R(-θ)·k
 
     def rotation(self, dtype: torch.dtype) -> torch.Tensor:
         """``[D, K*D]``: the matrices of R(d·w), d = 0..K-1, side by side (``x @ M_d == R(d·w)·x``)."""
@@ -202,7 +227,8 @@ class LongHeads(Intervention):
         "help": "last prompt tokens that select per token with tail_selection (decoding always does)"})
     tail_selection: str = field(default="max_key", metadata={
         "help": "chunk score for the exact tail and every decoding step: 'max_key' (default) = the chunk's "
-                "largest un-rotated query-key product; 'summary' = the official chunk-summary score"})
+                "largest un-rotated query-key product; 'max_key_bound' = an upper bound of it from per-chunk key "
+                "max/min (reads 2 vectors per chunk: fast decoding); 'summary' = the official chunk-summary score"})
     tail_recent: int | None = field(default=None, metadata={
         "help": "chunks right before the previous one that the exact tail and decoding always keep (a local "
                 "window, as InfLLM's local tokens); the other K-3-tail_recent slots go to the top-scored older "
@@ -251,6 +277,7 @@ class LongHeads(Intervention):
             # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
             stock_until=max(begin, atten),
             uses_summaries=self.prefill_selection in ("token", "block") or self.tail_selection == "summary",
+            uses_bounds=self.tail_selection == "max_key_bound",
             num_heads=model.num_heads, num_kv=model.num_kv_heads, head_dim=model.head_dim,
             rotary=rotary_embedding(model), qk_targets=tuple(model.query_key_targets()),
             split_query_key=model.split_query_key)
@@ -379,37 +406,54 @@ class LongHeads(Intervention):
         n = q_raw.shape[0]
         if n == 0:
             return
-        start, w = row.length, state.cfg.w
-        k_loc = self._local(state, k_raw, start)  # [Hkv, n, D]
-        q_loc = self._local(state, q_raw, start)  # [H, n, D]
+        cfg = state.cfg
+        start, w = row.length, cfg.w
+        if row.pos0 is None:
+            row.pos0 = _position_offset(call, state, b, k_raw[0])
         need = start + n
-        if need > row.k_loc.shape[1]:
-            # Geometric growth keeps decoding appends amortised O(1); the prefill allocates what it needs + 4 chunks.
-            cap = max(need + 4 * w, row.k_loc.shape[1] * 2 if row.k_loc.shape[1] else 0)
-            grown = row.k_loc.new_empty(row.k_loc.shape[0], cap, row.k_loc.shape[2])
-            grown[:, :start] = row.k_loc[:, :start]
-            row.k_loc = grown
-        row.k_loc[:, start:need] = k_loc
+        if cfg.uses_bounds:
+            self._update_bounds(row, k_raw, start, w)
         row.length = need
-        tail = torch.cat([row.q_tail, q_loc], dim=1) if row.q_tail.shape[1] else q_loc
         done = need // w - row.n_summ  # chunks completed by this forward
+        if not cfg.uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
+            row.n_summ += max(done, 0)
+            return
+        q_loc = self._local(state, q_raw, start)  # [H, n, D]
+        tail = torch.cat([row.q_tail, q_loc], dim=1) if row.q_tail.shape[1] else q_loc
         if done > 0:
             c0 = row.n_summ
             n_tok = done * w
-            if state.cfg.uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
-                value = call.value[b, :, state.n_pad[b] + c0 * w: state.n_pad[b] + c0 * w + n_tok]
-                summ = self._summaries(tail[:, :n_tok], row.k_loc[:, c0 * w: c0 * w + n_tok], value, call.scaling,
-                                       row.summ.dtype, w)  # [H, done, D]
-                if row.n_summ + done > row.summ.shape[1]:
-                    cap = max(row.n_summ + done + 4, 2 * row.summ.shape[1])
-                    grown = row.summ.new_empty(row.summ.shape[0], cap, row.summ.shape[2])
-                    grown[:, :row.n_summ] = row.summ[:, :row.n_summ]
-                    row.summ = grown
-                row.summ[:, row.n_summ:row.n_summ + done] = summ
+            first = state.n_pad[b] + c0 * w
+            value = call.value[b, :, first:first + n_tok]
+            chunks = torch.arange(c0, c0 + done, device=value.device)
+            keys = call.key[b, :, first:first + n_tok].reshape(cfg.num_kv, done, w, -1)
+            k_loc = state.local_keys(keys, chunks[None, :], row.pos0).reshape(cfg.num_kv, n_tok, -1)
+            summ = self._summaries(tail[:, :n_tok], k_loc, value, call.scaling, row.summ.dtype, w)  # [H, done, D]
+            row.summ = _grow(row.summ, row.n_summ + done, 4)
+            row.summ[:, row.n_summ:row.n_summ + done] = summ
             row.n_summ += done
             tail = tail[:, n_tok:]
         # Copy the short remainder: a view would keep the whole prefill's query tensor alive.
         row.q_tail = tail.clone() if done > 0 else tail
+
+    @staticmethod
+    def _update_bounds(row: _Row, k_raw: torch.Tensor, start: int, w: int) -> None:
+        """Fold raw keys ``k_raw [n, Hkv, D]`` at positions ``start..`` into their chunks' elementwise max and min
+        (running values for the chunk still being filled): the per-chunk bound ``max_key_bound`` scores with."""
+        n = k_raw.shape[0]
+        first, last = start // w, (start + n - 1) // w
+        fresh = last + 1 - row.kmax.shape[1]
+        if fresh > 0:
+            row.kmax = _grow(row.kmax, last + 1, 4, fill=float("-inf"))
+            row.kmin = _grow(row.kmin, last + 1, 4, fill=float("inf"))
+        keys = k_raw.transpose(0, 1)  # [Hkv, n, D]
+        chunk_of = (torch.arange(start, start + n, device=keys.device) // w - first)  # [n], chunks first..last
+        index = chunk_of.view(1, n, 1).expand_as(keys)
+        span = last + 1 - first
+        row.kmax[:, first:last + 1] = row.kmax[:, first:last + 1].scatter_reduce(
+            1, index, keys.to(row.kmax.dtype), "amax", include_self=True)[:, :span]
+        row.kmin[:, first:last + 1] = row.kmin[:, first:last + 1].scatter_reduce(
+            1, index, keys.to(row.kmin.dtype), "amin", include_self=True)[:, :span]
 
     def _summaries(self, q_loc: torch.Tensor, k_loc: torch.Tensor, value: torch.Tensor, scaling: float,
                    out_dtype: torch.dtype, w: int, batch_chunks: int = 64) -> torch.Tensor:
@@ -451,6 +495,7 @@ class LongHeads(Intervention):
             out[:n_stock] = self._stock_rows(call, b, i0, n_pad, first_pos, n_stock)
         exclude_self = (not self.include_self) and call.forward.is_prefill
         value_flat = call.value[b].reshape(-1, D)  # [Hkv * total, D]
+        key_b = call.key[b]  # [Hkv, total, D]: the model's cached (RoPE-rotated) keys
         total = call.value.shape[2]
         # The exact tail (the last exact_tail prompt tokens, or the whole forward when decoding) selects per token
         # with tail_selection; the prompt before it with prefill_selection.
@@ -469,7 +514,7 @@ class LongHeads(Intervention):
             qr = q_raw[sl].transpose(0, 1)  # [H, Qb, D]
             ql = self._local(state, q_raw[sl], p)  # [H, Qb, D]
             offs = torch.arange(p, p_end, device=qr.device) - c * w
-            out[sl] = self._selective_block(state, row, qr, ql, c, offs, value_flat, total, n_pad,
+            out[sl] = self._selective_block(state, row, qr, ql, c, offs, key_b, value_flat, total, n_pad,
                                             call.scaling, exclude_self, b, call.layer, p, score)
             p = p_end
         return out
@@ -487,13 +532,16 @@ class LongHeads(Intervention):
             mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
         return call.sdpa(q, k, v, mask)[0]
 
-    def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str) -> torch.Tensor:
+    def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str,
+                key_b: torch.Tensor, n_pad: int) -> torch.Tensor:
         """Top-(K−3) scored chunk ids among 1..c−2, sorted ascending, ``[G, Qb, K−3]`` (G = selection groups).
 
         ``score``: ``"summary"`` (exact tail, decoding) or ``"prompt_summary"`` (prompt before the tail): raw
         query · chunk summary, per query (official, §1.3 b); ``"recent"``: no score; ``"shared"``: the same
         with the block's mean raw query, one selection for the whole block; ``"max_key"``: per query, the chunk's
-        largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``).
+        largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``);
+        ``"max_key_bound"``: an upper bound of that maximum from the chunk's per-dimension key max and min
+        (``_bound_scores``), which reads two vectors per chunk instead of every key.
         """
         K, Qb = state.cfg.K, q_raw.shape[1]
         if score == "recent":  # the K-3 chunks before the previous one: no scores, chunk 0 + the last K-1 chunks
@@ -501,7 +549,9 @@ class LongHeads(Intervention):
             recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
             return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "max_key":
-            scores = self._max_key_scores(state, row, q_raw, c)
+            scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
+        elif score == "max_key_bound":
+            scores = self._bound_scores(state, row, q_raw, c)
         else:
             cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
             q = q_raw.to(cand.dtype)
@@ -518,7 +568,8 @@ class LongHeads(Intervention):
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
         return top.expand(-1, Qb, -1) if score == "shared" else top
 
-    def _max_key_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
+    def _max_key_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, key_b: torch.Tensor,
+                        n_pad: int) -> torch.Tensor:
         """``[H, Qb, c−2]``: for chunks 1..c−2, the largest ``q_raw · k_raw`` over the chunk's keys.
 
         Why: the summary score compares a raw query with a summary of *locally rotated* keys; on SmolLM2 about
@@ -526,8 +577,8 @@ class LongHeads(Intervention):
         retrieval fails even inside the trained length (docs/methods/longheads.md, "Chunk scores"). The
         position-free raw product, maximised over the chunk, is what a key would score if RoPE were off, so a
         chunk is kept when *any* of its tokens matches the query. Raw keys are never stored: ``q_raw·k_raw_j ==
-        (R(j mod w)·q_raw)·k_loc_j``, so the query is rotated to each of the w local offsets instead. Cost
-        O(tokens · D) per query and head, only for the exact tail and decoding.
+        (R(j mod w)·q_raw)·k_loc_j``, so the query is rotated to each of the w local offsets, and the locally
+        rotated keys are derived from the cache chunk by chunk. Cost O(tokens · D) per query and head.
         """
         H, Qb, D = q_raw.shape
         Hkv, w, r = state.cfg.num_kv, state.cfg.w, state.cfg.num_heads // state.cfg.num_kv
@@ -536,25 +587,42 @@ class LongHeads(Intervention):
         q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
         q_rot = apply_rope(q, cos.to(acc), sin.to(acc))  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
         q_rot = q_rot.reshape(Hkv, r * Qb, w, D)
-        keys = row.k_loc[:, w:(c - 1) * w].to(acc).reshape(Hkv, c - 2, w, D)
+        cached = key_b[:, n_pad + w:n_pad + (c - 1) * w].reshape(Hkv, c - 2, w, D)
+        chunks = torch.arange(1, c - 1, device=key_b.device)
+        keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
         logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, c-2, w]
         return logits.amax(dim=-1).view(H, Qb, c - 2)
 
+    def _bound_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
+        """``[H, Qb, c−2]``: for chunks 1..c−2, ``Σ_d max(q_d·kmax_d, q_d·kmin_d)`` over the chunk's per-dimension
+        key max and min: an upper bound of the max-key score ``max_j q·k_j`` (Quest's page criticality, Tang et al.
+        2024, here on raw keys). Two vectors per chunk are read instead of its w keys, so a decoding step scores
+        the whole context in O(chunks · D) per head, and the bounds cost 2/w of the keys' memory.
+        """
+        H, Qb, D = q_raw.shape
+        Hkv, r = state.cfg.num_kv, state.cfg.num_heads // state.cfg.num_kv
+        acc = torch.promote_types(q_raw.dtype, torch.float32)
+        q = q_raw.to(acc).reshape(Hkv, r * Qb, D)
+        kmax, kmin = row.kmax[:, 1:c - 1].to(acc), row.kmin[:, 1:c - 1].to(acc)  # [Hkv, c-2, D]
+        scores = (torch.matmul(q.clamp_min(0), kmax.transpose(1, 2))
+                  + torch.matmul(q.clamp_max(0), kmin.transpose(1, 2)))
+        return scores.view(H, Qb, c - 2)
+
     def _selective_block(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, q_loc: torch.Tensor, c: int,
-                         offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
-                         exclude_self: bool, b: int, layer: int, p0: int, score: str) -> torch.Tensor:
+                         offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
+                         scaling: float, exclude_self: bool, b: int, layer: int, p0: int, score: str) -> torch.Tensor:
         """LongHeads attention for queries of chunk c (c ≥ K), per-query selections. Returns ``[Qb, H, D]``."""
-        top = self._select(state, row, q_raw, c, score)  # [G, Qb, K-3]
+        top = self._select(state, row, q_raw, c, score, key_b, n_pad)  # [G, Qb, K-3]
         G, Qb = top.shape[:2]
         sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
             state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)),
                                 "chunks": torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)})
-        return self._attend(state, row, q_loc, sel, c, offs, value_flat, total, n_pad, scaling, exclude_self)
+        return self._attend(state, row, q_loc, sel, c, offs, key_b, value_flat, total, n_pad, scaling, exclude_self)
 
     def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
-                offs: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
-                exclude_self: bool) -> torch.Tensor:
+                offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
+                scaling: float, exclude_self: bool) -> torch.Tensor:
         """Attention of a block of queries of chunk c over their own selections, without a loop per query.
 
         ``sel [G, Qb, K-1]``: every query's selected complete chunks, sorted (chunk 0, scored chunks, chunk c-1);
@@ -593,16 +661,19 @@ class LongHeads(Intervention):
         row_idx = ((heads[:, None, :, None] * Qb + torch.arange(Qb, device=dev)) * K
                    + dq.clamp_min(0)[:, :, None, :])  # [G, U, r, Qb]
         rows = qrot.index_select(0, row_idx.reshape(-1)).view(G * U, 1, R, D)
-        # 3. Keys (locally rotated, from the state) and values (from the model's cache) of the used chunks.
+        # 3. Keys and values of the used chunks, from the model's cache; keys rotated back to local positions.
         kv_of_group = torch.arange(G, device=dev) // (G // state.cfg.num_kv)
         pos = order[:, :, None] * w + torch.arange(w, device=dev)  # [G, U, w], complete chunks only
-        cap = row.k_loc.shape[1]
-        keys = row.k_loc.reshape(-1, D).index_select(0, (kv_of_group[:, None, None] * cap + pos).reshape(-1))
-        vals = value_flat.index_select(0, (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1))
+        flat = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
+        cached = key_b.reshape(-1, D).index_select(0, flat).view(G, U, w, D)
+        keys = state.local_keys(cached, order, row.pos0)
+        vals = value_flat.index_select(0, flat)
         out_p, lse_p = _sdpa_lse(rows, keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D), None, scaling)
         # 4. The current chunk (d = 0, causal; without the query itself when include_self=False at prefill).
         cpos = (c * w + torch.arange(w, device=dev)).clamp_max(row.length - 1)  # future slots: masked
-        ck = row.k_loc.index_select(1, cpos)[kv_of_group]  # [G, w, D]
+        cur = state.local_keys(key_b.index_select(1, n_pad + cpos)[:, None], torch.tensor([c], device=dev),
+                               row.pos0)[:, 0]  # [Hkv, w, D]
+        ck = cur[kv_of_group]  # [G, w, D]
         cv = value_flat.view(state.cfg.num_kv, total, D).index_select(1, n_pad + cpos)[kv_of_group]
         kpos = torch.arange(w, device=dev)[None, :]
         allowed = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])  # [Qb, w]
@@ -630,6 +701,46 @@ class LongHeads(Intervention):
             st["pairs_sum"] += n_pairs
             st["pairs_max"] = max(st["pairs_max"], n_pairs)
         return merged.to(q_loc.dtype).view(G, r, Qb, D).reshape(H, Qb, D).transpose(0, 1)
+
+
+def _grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:
+    """``buffer [A, cap, D]`` with room for ``need`` entries along dim 1 (geometric growth keeps appends amortised
+    O(1)); new slots hold ``fill`` (or are uninitialised)."""
+    cap = buffer.shape[1]
+    if need <= cap:
+        return buffer
+    new_cap = max(need + extra, 2 * cap)
+    grown = buffer.new_empty(buffer.shape[0], new_cap, buffer.shape[2])
+    if fill is not None:
+        grown[:, cap:].fill_(fill)
+    grown[:, :cap] = buffer
+    return grown
+
+
+def _position_offset(call: AttnCall, state: LongHeadsState, b: int, k_first: torch.Tensor) -> int:
+    """The RoPE position the model gave row ``b``'s first real token (0 when it counts positions from the first
+    real token, as ``generate`` does; the number of left-padding slots when it counts cache slots).
+
+    Read from the call's ``position_ids`` when the model passes them, and checked against the cache either way:
+    the cached key must be the raw key rotated to that position, or locally rotated keys derived from the cache
+    would be wrong.
+    """
+    n_pad = state.n_pad[b]
+    i0 = max(0, n_pad - call.forward.past_length)
+    candidates = []
+    position_ids = call.kwargs.get("position_ids")
+    if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2:
+        candidates.append(int(position_ids[min(b, position_ids.shape[0] - 1), i0]))
+    candidates += [0, n_pad]
+    cached = call.key[b, :, call.forward.past_length + i0].float()  # [Hkv, D]
+    acc = torch.promote_types(k_first.dtype, torch.float32)
+    for p in dict.fromkeys(candidates):
+        cos, sin = state.rope_at(torch.tensor([p], device=cached.device))
+        rotated = apply_rope(k_first.to(acc), cos.to(acc), sin.to(acc)).float()
+        if torch.allclose(rotated, cached, rtol=1e-2, atol=1e-2 * float(cached.abs().max()) + 1e-6):
+            return p
+    raise NotImplementedError("longheads: the cached keys are not the raw keys rotated at any position it can "
+                              f"identify (tried {sorted(set(candidates))}); this model applies RoPE differently")
 
 
 def _distinct_per_row(dq: torch.Tensor) -> float:
