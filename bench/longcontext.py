@@ -114,7 +114,7 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
 
 # ---------------------------------------------------------------------------------------------- phases
 def phase_passkey(args: argparse.Namespace) -> None:
-    from hookkit.evals.passkey_task import PasskeyTask
+    from hookkit.evals.passkey.task import PasskeyTask
 
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
@@ -171,8 +171,8 @@ def _measure(args: argparse.Namespace) -> None:
     import torch
 
     import hookkit
+    from hookkit.evals.memory import PeakMemory, _rss_bytes
     from hookkit.evals.passkey import build_passkey_prompt
-    from hookkit.evals.passkey_task import PeakMemory, _rss_bytes
 
     dtype = setup(args.threads, args.dtype)
     model, tok, _ = load(args.method, dtype)
@@ -266,7 +266,7 @@ def machine() -> dict[str, Any]:
 
 
 def _write(path: Path, obj: Any) -> None:
-    from hookkit.evals.schema import write_json_atomic
+    from hookkit.evals.files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, obj)

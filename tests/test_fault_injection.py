@@ -22,8 +22,8 @@ import pytest
 from helpers import make_image
 
 from hookkit.cli.main import main
+from hookkit.evals.results import stable_record, validate_results_file
 from hookkit.evals.runner import read_jsonl
-from hookkit.evals.schema import stable_record, validate_results_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from hookkit.evals import corpus, niah, passkey
+from hookkit.evals import corpus
+from hookkit.evals.niah import build as niah
+from hookkit.evals.passkey import build as passkey
 
 KJV_TEXT_SHA256 = "dbd05e2e52ecd8fa20be8da9c0eac0dbe2fb8744939cb37cc454686e241bdb02"
 FIRST_VERSE = "In the beginning God created the heaven and the earth."
@@ -208,9 +210,9 @@ def test_solve_exact_scans_past_a_jump():
     def f(x: int) -> int:
         return values.get(x, x)
 
-    x, ok = passkey._solve_exact(f, 4, guess=0)
+    x, ok = passkey.solve_exact_length(f, 4, guess=0)
     assert ok and f(x) == 4
-    x, ok = passkey._solve_exact(lambda v: 2 * v, 7, guess=0)
+    x, ok = passkey.solve_exact_length(lambda v: 2 * v, 7, guess=0)
     assert not ok and 2 * x < 7
 
 

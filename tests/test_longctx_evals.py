@@ -18,11 +18,12 @@ from conftest import load_tiny
 
 import hookkit
 from hookkit.cli.main import main
+from hookkit.evals.decoding import greedy_generate
 from hookkit.evals.longppl import LongPPLTask, window_nll
-from hookkit.evals.niah_task import NiahTask, write_heatmaps
-from hookkit.evals.passkey_task import PasskeyTask, cell_summary, greedy_generate
+from hookkit.evals.niah.task import NiahTask, write_heatmaps
+from hookkit.evals.passkey.task import PasskeyTask
+from hookkit.evals.results import cell_summary, validate_results_file
 from hookkit.evals.runner import evaluate, read_jsonl
-from hookkit.evals.schema import validate_results_file
 from hookkit.methods.longheads import LongHeads
 
 INFO = {"model": "tiny-llama", "dtype": "float32", "device": "cpu"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hookkit.evals import pope
+from hookkit.evals.files import file_sha256
 from hookkit.evals.pope import (
     POPE_PARSERS,
     PopeDataError,
@@ -20,7 +21,6 @@ from hookkit.evals.pope import (
     classify_pope_version,
     coco_objects_per_image,
     describe_pope_file,
-    file_sha256,
     get_pope_parser,
     get_prompt_preset,
     iter_pope_questions,
@@ -32,6 +32,7 @@ from hookkit.evals.pope import (
     read_pope_questions,
     write_pope_jsonl,
 )
+from hookkit.evals.pope import parsers as pope_parsers
 
 # ------------------------------------------------------------------------------------------------------------
 # Answer parsers (§1.4)
@@ -106,7 +107,7 @@ def test_vlmevalkit_period_quirk() -> None:
     assert parse_pope_answer("." * 33 + "no", "vlmevalkit") == "unknown"
     assert parse_pope_answer("." * 32 + "no", "vlmevalkit") == "no"
     # a period followed by a digit is kept
-    assert pope._vlmeval_process_punctuation("no 3.5") == "no 3.5"
+    assert pope_parsers._vlmeval_process_punctuation("no 3.5") == "no 3.5"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -20,20 +20,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hookkit.evals.runner import SampleError, SampleLog, evaluate, read_jsonl, run_samples
-from hookkit.evals.schema import (
+from hookkit.evals.files import canonical_json, sha256_of, sha256_text, to_jsonable, write_json_atomic
+from hookkit.evals.results import (
     REQUIRED_KEYS,
     RESULTS_SCHEMA_VERSION,
     build_results,
-    canonical_json,
-    sha256_of,
-    sha256_text,
     stable_record,
-    to_jsonable,
     validate_results,
     validate_results_file,
-    write_json_atomic,
 )
+from hookkit.evals.runner import SampleError, SampleLog, evaluate, read_jsonl, run_samples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASK = "toy_squares"
@@ -46,7 +42,8 @@ TOY_SCRIPT = textwrap.dedent(
     import signal
 
     from hookkit.evals.runner import EvalTask, SampleError, evaluate
-    from hookkit.evals.schema import data_file_entry, mean_stderr
+    from hookkit.evals.files import data_file_entry
+    from hookkit.evals.results import mean_stderr
 
 
     class SquaresTask(EvalTask):

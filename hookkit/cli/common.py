@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from hookkit.core.recipe import Recipe
@@ -60,7 +61,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def print_json(obj: Any, indent: int | None = 2) -> None:
     """Strict JSON on stdout (non-finite numbers become the strings "NaN"/"Infinity", as in results files)."""
-    from hookkit.evals.schema import to_jsonable
+    from hookkit.evals.files import to_jsonable
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
@@ -73,6 +74,15 @@ def print_json(obj: Any, indent: int | None = 2) -> None:
             return str(value)
 
     print(json.dumps(plain(obj), indent=indent, allow_nan=False, default=str))
+
+
+def print_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a plain left-aligned text table (a blank line, the header, one line per row)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
 
 
 def parse_param_strings(items: list[str] | None) -> dict[str, Any]:

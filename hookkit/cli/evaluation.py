@@ -158,17 +158,6 @@ def load_for_eval(args: argparse.Namespace, state: Any) -> tuple[Any, Any, dict[
     return model, processor, info
 
 
-def intervention_record(recipe: Any, model: Any) -> dict[str, Any] | None:
-    """``results["intervention"]``: the recipe, its own hash (tensor bytes included) and the model fingerprint
-    (eval-protocols.md §8); None for the stock model."""
-    if recipe is None:
-        return None
-    import hookkit
-
-    return {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(),
-            "model_fingerprint": hookkit.get_model_info(model).fingerprint()}
-
-
 # ------------------------------------------------------------------------------------------------ the run
 def run_eval(args: argparse.Namespace, make_task: Callable[[Any], Any],
              summarize: Callable[[dict[str, Any]], list[str]],
@@ -181,6 +170,7 @@ def run_eval(args: argparse.Namespace, make_task: Callable[[Any], Any],
     loading a 7B checkpoint. The recipe is checked against the model by ``hookkit.attach`` itself.
     """
     import hookkit
+    from hookkit.evals.results import intervention_record
     from hookkit.evals.runner import evaluate, get_state
 
     state = get_state()

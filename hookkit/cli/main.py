@@ -16,7 +16,7 @@ def _subcommands() -> list[tuple[str, str, Callable[[argparse.ArgumentParser], N
     from hookkit.cli import inspect_cmd, list_cmd
 
     commands = [list_cmd.COMMAND, inspect_cmd.COMMAND]
-    for module_name in ("apply_cmd", "vhd_cmd", "eval_cmd", "tune_cmd", "demo_cmd", "doctor_cmd"):
+    for module_name in ("apply_cmd", "vhd_cmd", "eval_cmd", "tune_cmd", "demo_cmd", "doctor_cmd", "harness_cmd"):
         try:
             module = __import__(f"hookkit.cli.{module_name}", fromlist=["COMMAND"])
         except ModuleNotFoundError as exc:

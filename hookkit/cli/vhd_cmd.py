@@ -37,7 +37,7 @@ def plot_vhd(vhd: list[list[float]], path: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hookkit.evals.schema import write_json_atomic
+    from hookkit.evals.files import write_json_atomic
     from hookkit.generation import generate
     from hookkit.io import load_image
     from hookkit.methods.vhr import compute_vhd

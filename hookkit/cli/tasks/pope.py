@@ -90,7 +90,7 @@ def _parse_data(items: list[str]) -> dict[str, Path] | list[Path]:
         else:
             plain.append(Path(item))
     if named and plain:
-        from hookkit.evals.pope_task import split_name_for
+        from hookkit.evals.pope.task import split_name_for
 
         for path in plain:
             split = split_name_for(path)
@@ -166,9 +166,9 @@ def _pope_summary(results: dict[str, Any]) -> list[str]:
 
 
 def run_pope(args: argparse.Namespace) -> int:
-    from hookkit.evals.pope_task import PopeTask
+    from hookkit.evals.files import data_file_entry
+    from hookkit.evals.pope.task import PopeTask
     from hookkit.evals.runner import get_state
-    from hookkit.evals.schema import data_file_entry
 
     extra_files: list[dict[str, Any]] = []
     extra_config: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """Passkey retrieval: prompt builders sized to an exact token count, seeded trials and scorers (no model calls).
 
 Protocol: eval-protocols.md §5. The texts of §5.1 (task description, filler unit, needle, question) are reproduced
-byte for byte and joined with ``\\n``; prefix and suffix filler are both slices *from the start* of the repeated
+byte for byte and joined with ``\n``; prefix and suffix filler are both slices *from the start* of the repeated
 filler (the unit joined with one space). Where the original scripts size the filler in characters (§5.2
 Landmark, §5.3 LongHeads), hookkit sizes the whole prompt in **tokens** (§5.4): :func:`build_passkey_prompt`
 searches the filler length so that the tokenised prompt has exactly ``target_tokens`` tokens.
@@ -24,38 +24,22 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-__all__ = [
-    "TASK_DESCRIPTION",
-    "FILLER_UNIT",
-    "NEEDLE_TEMPLATE",
-    "QUESTION",
-    "LANDMARK_FILLER_CHARS",
-    "PasskeyPrompt",
-    "PasskeyTrial",
-    "ExactLengthError",
-    "filler_text",
-    "build_passkey_text",
-    "build_passkey_prompt",
-    "longheads_filler_chars",
-    "sample_trial",
-    "sample_trials",
-    "score_first_number",
-    "passkey_answer_ids",
-    "score_exact_tokens",
-    "encode_ids",
-    "decode_ids",
-    "token_span",
-]
-
 # --- §5.1 shared texts (protocol data: byte for byte) -----------------------------------------------------------
 TASK_DESCRIPTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
     "I will quiz you about the important information there."
 )
+
+
 FILLER_UNIT = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+
 #: Format with ``NEEDLE_TEMPLATE.format(K=passkey)``.
 NEEDLE_TEMPLATE = "The pass key is {K}. Remember it. {K} is the pass key."
+
+
 QUESTION = "What is the pass key? The pass key is"
+
 
 #: §5.2 Landmark filler lengths n in characters (50 trials each in the original).
 LANDMARK_FILLER_CHARS: tuple[int, ...] = (
@@ -73,6 +57,7 @@ LANDMARK_FILLER_CHARS: tuple[int, ...] = (
     25000,
     38000,
 )
+
 
 TokenizerLike = Any
 """A Hugging Face ``PreTrainedTokenizerBase`` or a ``tokenizers.Tokenizer``."""
@@ -139,7 +124,7 @@ def token_span(
 
 
 # --- integer search shared with niah.py -------------------------------------------------------------------------
-def _solve_exact(
+def solve_exact_length(
     f: Callable[[int], int],
     target: int,
     guess: int,
@@ -343,7 +328,7 @@ def build_passkey_prompt(
     probe = filler_text(4096)
     chars_per_token = len(probe) / max(1, len(encode_ids(tokenizer, probe, add_special_tokens=False)))
     guess = round((target_tokens - base) * chars_per_token)
-    n, exact = _solve_exact(lambda m: count(*split(m)), target_tokens, guess, slope=chars_per_token, minimum=0)
+    n, exact = solve_exact_length(lambda m: count(*split(m)), target_tokens, guess, slope=chars_per_token, minimum=0)
     prefix, suffix = split(n)
     if not exact:
         found = _shift_split(count, prefix, suffix, target_tokens)

@@ -1,7 +1,7 @@
 """Needle in a haystack as an :class:`~hookkit.evals.runner.EvalTask`: a length × depth grid, two scorers, heatmap.
 
-Protocol: eval-protocols.md §6.2 (the offline HF variant): needle ``"\\nThe best thing to do in San Francisco is
-eat a sandwich and sit in Dolores Park on a sunny day.\\n"``, question ``"What is the best thing to do in San
+Protocol: eval-protocols.md §6.2 (the offline HF variant): needle ``"\nThe best thing to do in San Francisco is
+eat a sandwich and sit in Dolores Park on a sunny day.\n"``, question ``"What is the best thing to do in San
 Francisco?"``, the ``<|im_start|> This is a very long story book: <book> {context} </book>. ...`` prompt, greedy
 decoding with ``max_new_tokens=50``, the response decoded without special tokens and stripped, scored by
 ROUGE-1 F × 10 (``rouge-score``, stemmer on). hookkit adds an exact-substring scorer (the needle's key phrase,
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hookkit.evals.corpus import KJV_RESOURCE, KJV_SHA256, corpus_sha256, load_kjv_text
-from hookkit.evals.niah import (
+from hookkit.evals.decoding import eos_ids, greedy_generate
+from hookkit.evals.niah.build import (
     NEEDLE,
     NEEDLE_ANSWER,
     PROMPT_TEMPLATE,
@@ -32,13 +33,11 @@ from hookkit.evals.niah import (
     rouge1_x10,
     substring_score,
 )
-from hookkit.evals.passkey_task import cell_summary, eos_ids, greedy_generate
+from hookkit.evals.results import cell_summary, mean_stderr
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
-from hookkit.evals.schema import mean_stderr
-
-__all__ = ["NIAH_MAX_NEW_TOKENS", "NiahTask", "write_heatmaps"]
 
 logger = logging.getLogger(__name__)
+
 
 NIAH_MAX_NEW_TOKENS = 50  # §6.2: generate(input_ids, max_new_tokens=50)
 

@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from hookkit import compat
-from hookkit.evals.passkey import (
+from hookkit.evals.decoding import eos_ids, greedy_generate
+from hookkit.evals.passkey.build import (
     FILLER_UNIT,
     NEEDLE_TEMPLATE,
     QUESTION,
@@ -41,175 +35,11 @@ from hookkit.evals.passkey import (
     score_exact_tokens,
     score_first_number,
 )
+from hookkit.evals.results import as_number, cell_summary, mean_stderr
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
-from hookkit.evals.schema import mean_stderr
-
-__all__ = ["GenerationTiming", "PeakMemory", "PasskeyTask", "greedy_generate", "cell_summary"]
 
 #: Enough for " " + 5 digits + "." with SmolLM2's one-token digits (§5.3: LongHeads uses len(answer ids)).
 PASSKEY_MAX_NEW_TOKENS = 8
-
-
-# ---------------------------------------------------------------------------------------------- measurement
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-try:
-    import os as _os
-
-    _PAGE = _os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
-    _PAGE = 4096
-
-
-class PeakMemory:
-    """Peak memory of one measured region: resident set size sampled every ``interval`` seconds by a thread,
-    and ``torch.cuda.max_memory_allocated`` (reset on entry) on GPU.
-
-    The process-wide high-water mark (``ru_maxrss``) cannot be reset without also resetting what the runner
-    reports for the whole run, so per-sample peaks are sampled; allocations shorter than the interval can be
-    missed (torch's attention buffers live for milliseconds or more at these lengths).
-    """
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.peak_rss: int | None = None
-        self.cuda_peak: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            if rss is not None and (self.peak_rss is None or rss > self.peak_rss):
-                self.peak_rss = rss
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
-        self.peak_rss = _rss_bytes()
-        self._thread = threading.Thread(target=self._poll, name="hookkit-peak-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        rss = _rss_bytes()
-        if rss is not None and (self.peak_rss is None or rss > self.peak_rss):
-            self.peak_rss = rss
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.cuda_peak = int(sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())))
-
-
-@dataclass
-class GenerationTiming:
-    new_ids: list[int]
-    prefill_s: float  # one forward over the prompt (produces the first new token)
-    decode_s: float  # the cached forwards that produced the other new tokens
-    peak_rss_bytes: int | None
-    cuda_peak_bytes: int | None
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        n = len(self.new_ids) - 1
-        return n / self.decode_s if n > 0 and self.decode_s > 0 else None
-
-    def record_fields(self) -> dict[str, Any]:
-        """Volatile (``_``-prefixed, excluded from the task hash) timing and memory fields of a record."""
-        out: dict[str, Any] = {"_prefill_s": self.prefill_s, "_decode_s": self.decode_s,
-                               "_decode_tok_s": self.decode_tok_s, "_peak_rss_bytes": self.peak_rss_bytes}
-        if self.cuda_peak_bytes is not None:
-            out["_cuda_peak_bytes"] = self.cuda_peak_bytes
-        return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new_tokens: int,
-                    eos_token_ids: Iterable[int] = ()) -> GenerationTiming:
-    """Greedy decoding of one prompt with prefill and decode timed separately (batch 1, KV cache).
-
-    The prefill asks for the last position's logits only (``logits_to_keep=1``: at 32k tokens the full logits of
-    a 49k vocabulary would take gigabytes; transformers-v5.md §9.1). Stops early at an EOS id. Works with any
-    attached hookkit session (every forward goes through the model's own ``forward``).
-    """
-    from hookkit.models.base import model_device
-
-    device = model_device(model)
-    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor([list(input_ids)], dtype=torch.long)
-    ids = ids.to(device)
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"greedy_generate takes one prompt, got input_ids of shape {tuple(ids.shape)}")
-    eos = {int(t) for t in eos_token_ids}
-    new: list[int] = []
-    with PeakMemory() as mem, torch.no_grad():
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        nxt = out.logits[:, -1].argmax(-1)
-        new.append(int(nxt))
-        _sync(device)
-        prefill_s = time.perf_counter() - t0
-        cache = compat.cache_from_output(out)
-        del out
-        t1 = time.perf_counter()
-        while len(new) < max_new_tokens and new[-1] not in eos:
-            out = model(input_ids=nxt[:, None], **compat.with_cache(model, cache), use_cache=True)
-            nxt = out.logits[:, -1].argmax(-1)
-            new.append(int(nxt))
-            cache = compat.cache_from_output(out)
-        _sync(device)
-        decode_s = time.perf_counter() - t1
-        del cache
-    return GenerationTiming(new, prefill_s, decode_s, mem.peak_rss, mem.cuda_peak)
-
-
-def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """EOS ids from the generation config (may be a list) or the tokenizer."""
-    ids: list[int] = []
-    gen = getattr(model, "generation_config", None)
-    value = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if value is None:
-        value = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(value, int):
-        ids.append(value)
-    elif isinstance(value, (list, tuple)):
-        ids.extend(int(v) for v in value)
-    return ids
-
-
-# ---------------------------------------------------------------------------------------------- aggregation
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def cell_summary(records: Sequence[Mapping[str, Any]], key: str = "correct") -> dict[str, Any]:
-    """Accuracy (mean of ``key``), n, median prefill seconds, median decode tokens/s and max peak memory."""
-    vals = [float(bool(r[key])) for r in records]
-    acc, err = mean_stderr(vals)
-    pre = [float(r["_prefill_s"]) for r in records if isinstance(r.get("_prefill_s"), (int, float))]
-    dec = [float(r["_decode_tok_s"]) for r in records if isinstance(r.get("_decode_tok_s"), (int, float))]
-    rss = [int(r["_peak_rss_bytes"]) for r in records if isinstance(r.get("_peak_rss_bytes"), int)]
-    cuda = [int(r["_cuda_peak_bytes"]) for r in records if isinstance(r.get("_cuda_peak_bytes"), int)]
-    return {"n": len(records), "accuracy": acc if vals else None, "accuracy_stderr": err,
-            "prefill_s_median": _median(pre), "decode_tok_s_median": _median(dec),
-            "peak_rss_bytes_max": max(rss) if rss else None, "cuda_peak_bytes_max": max(cuda) if cuda else None}
-
-
-def _num(value: Any) -> float:
-    """Metrics must be numbers: None (a measurement that did not happen) becomes NaN."""
-    return math.nan if value is None else float(value)
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -326,7 +156,7 @@ class PasskeyTask(EvalTask):
             summ["exact_token_accuracy"] = cell_summary(recs, "correct_exact_tokens")["accuracy"]
             table[cell] = summ
             for key in ("accuracy", "prefill_s_median", "decode_tok_s_median", "peak_rss_bytes_max"):
-                metrics[f"{cell}/{key}"] = _num(summ[key])
+                metrics[f"{cell}/{key}"] = as_number(summ[key])
         metrics["cells"] = table
         return metrics
 

@@ -35,7 +35,6 @@ never enter the metrics.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -48,36 +47,16 @@ from typing import Any
 from PIL import Image
 
 from hookkit.errors import ConfigError, InputError
-from hookkit.evals.pope import (
-    DEFAULT_POPE_PARSER,
-    POPE_PARSERS,
-    POPE_PROMPT_PRESETS,
-    POPE_SPLITS,
-    PopeDataError,
-    PopeQuestion,
-    describe_pope_file,
-    get_pope_parser,
-    get_prompt_preset,
-    iter_pope_questions,
-    parse_pope_answer,
-    pope_metrics,
-    pope_summary,
-)
+from hookkit.evals.files import images_manifest, load_image
+from hookkit.evals.pope.data import POPE_SPLITS, PopeDataError, PopeQuestion, describe_pope_file, iter_pope_questions
+from hookkit.evals.pope.metrics import pope_metrics, pope_summary
+from hookkit.evals.pope.parsers import DEFAULT_POPE_PARSER, POPE_PARSERS, get_pope_parser, parse_pope_answer
+from hookkit.evals.pope.prompts import POPE_PROMPT_PRESETS, get_prompt_preset
+from hookkit.evals.results import finite_values, mean_stderr
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
-from hookkit.evals.schema import mean_stderr
-from hookkit.io import load_image as _load_image
-
-__all__ = [
-    "POPE_DEFAULT_MAX_NEW_TOKENS",
-    "POPE_METRICS",
-    "PopeTask",
-    "images_manifest",
-    "load_image",
-    "rescore_pope_records",
-    "split_name_for",
-]
 
 logger = logging.getLogger(__name__)
+
 
 #: Default generation budget.  §1.3: OPERA / PAI decode POPE with ``max_new_tokens=10``; with the LLaVA-1.5 suffix
 #: ("Answer the question using a single word or phrase.") the answer is one word, and the official parser only
@@ -85,10 +64,14 @@ logger = logging.getLogger(__name__)
 #: 128; pass ``--max-new-tokens 128`` to match it.
 POPE_DEFAULT_MAX_NEW_TOKENS = 10
 
+
 #: The per-split metrics (and their means) reported in the results (§1.5).
 POPE_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_rate")
 
+
 _SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
 _IMAGE_CACHE_SIZE = 16  # POPE asks 6 questions per image: keep a few decoded images around
 
 
@@ -113,43 +96,6 @@ def _order_splits(files: Mapping[str, Path]) -> list[str]:
     """Known splits in protocol order (random, popular, adversarial), then the others in the given order."""
     known = [s for s in POPE_SPLITS if s in files]
     return known + [s for s in files if s not in POPE_SPLITS]
-
-
-def load_image(path: Path, *, where: str) -> Image.Image:
-    """``hookkit.io.load_image`` with the sample's origin (question file and line) as the field name."""
-    return _load_image(path, field=where)
-
-
-def images_manifest(images_dir: Path, names: Iterable[str]) -> dict[str, Any]:
-    """A ``data_files`` entry pinning the referenced images: SHA-256 over ``"<sha256 or MISSING>  <name>\\n"`` lines
-    of the sorted distinct names (the ``sha256sum`` format), so any changed, added or removed image changes it."""
-    digest = hashlib.sha256()
-    present = missing = 0
-    for name in sorted(set(names)):
-        path = images_dir / name
-        if path.is_file():
-            file_digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    file_digest.update(chunk)
-            line_hash = file_digest.hexdigest()
-            present += 1
-        else:
-            line_hash = "MISSING"
-            missing += 1
-        digest.update(f"{line_hash}  {name}\n".encode())
-    return {
-        "path": images_dir.as_posix(),
-        "sha256": digest.hexdigest(),
-        "role": "images",
-        "files": present,
-        "missing": missing,
-        "hash_rule": "sha256 of the sorted lines '<sha256 of file or MISSING>  <file name>\\n' of the referenced images",
-    }
-
-
-def _finite(timings: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in timings.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class PopeTask(EvalTask):
@@ -370,7 +316,7 @@ class PopeTask(EvalTask):
         result = generate(self.model, self.processor, prompts, images, max_new_tokens=self.max_new_tokens,
                           **self.generate_kwargs)
         n = len(batch)
-        timings = _finite(result.timings)
+        timings = finite_values(result.timings)
         records = []
         for sample, prompt, raw, ids in zip(batch, prompts, result.texts, result.new_token_ids):
             answer = raw.strip()

@@ -35,10 +35,7 @@ debug data) are *volatile*: they are excluded from ``task_hashes``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import enum
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -46,21 +43,27 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
+from hookkit.evals.files import sha256_of, sha256_text, to_jsonable
+from hookkit.evals.memory import peak_memory_stats
+
 logger = logging.getLogger(__name__)
+
 
 RESULTS_SCHEMA_VERSION = "1.0"
 """Version of the results layout written by :func:`build_results`; bump on incompatible changes."""
 
+
 #: Keys of ``results[task]`` that are not ``"metric,filter"`` metric keys.
 RESERVED_RESULT_KEYS = frozenset({"alias", "n_errors"})
+
 
 #: Every top-level key a valid results dict carries.
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -89,100 +92,23 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "samples_file",
 )
 
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
 _METRIC_KEY_RE = re.compile(r"^[^,]+,[^,]+$")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Canonical JSON and hashes
-# --------------------------------------------------------------------------------------------------------------
+def intervention_record(recipe: Any, model: Any) -> dict[str, Any] | None:
+    """``results["intervention"]``: the recipe, its own hash (tensor bytes included) and the model fingerprint
+    (eval-protocols.md §8); None for the stock model. Every entry point (``hookkit eval``, the demos, the harness
+    plug-ins) records it this way, so runs of one recipe can be matched by ``recipe_hash``."""
+    if recipe is None:
+        return None
+    from hookkit.core.session import get_model_info
 
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert ``obj`` into plain JSON types (dict / list / str / int / float / bool / None).
-
-    Handles numpy and torch scalars and arrays (via ``tolist``), ``Path``, tuples, sets (sorted), dataclasses,
-    enums and torch ``dtype`` / ``device``.  Non-finite floats become the strings ``"NaN"``, ``"Infinity"`` and
-    ``"-Infinity"`` so the output is strict JSON.  Mapping keys are converted with ``str``.
-
-    Raises:
-        TypeError: for objects with no obvious JSON form (e.g. bytes, arbitrary classes).
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return "NaN"
-        if math.isinf(obj):
-            return "Infinity" if obj > 0 else "-Infinity"
-        return float(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        items = [to_jsonable(v) for v in obj]
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
-    if isinstance(obj, PurePath):
-        return obj.as_posix()
-    if isinstance(obj, enum.Enum):
-        return to_jsonable(obj.value)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return to_jsonable(obj.tolist())
-    if type(obj).__module__.split(".")[0] == "torch":  # torch.dtype, torch.device, torch.Size
-        return str(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable: {obj!r:.80}")
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic compact JSON: sorted keys, ``(",", ":")`` separators, UTF-8 text, :func:`to_jsonable` types."""
-    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def sha256_of(obj: Any) -> str:
-    """Hex SHA-256 of :func:`canonical_json` of ``obj`` (stable across runs, processes and dict orders)."""
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    """Hex SHA-256 of a string's UTF-8 bytes (used for prompt / chat templates, as lm-eval does)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def data_file_entry(
-    path: str | os.PathLike[str],
-    role: str,
-    *,
-    version: str | None = None,
-    root: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Describe one data file for ``results["data_files"]``: ``{"path", "sha256", "role", "version"?}``.
-
-    Args:
-        path: The file (hashed as bytes).
-        role: What the file is for, e.g. ``"questions"``, ``"annotations"``, ``"synonyms"``.
-        version: Optional dataset version tag (e.g. the POPE release).
-        root: If given, ``path`` is recorded relative to it (keeps results portable between machines).
-    """
-    p = Path(path)
-    shown = p.resolve().relative_to(Path(root).resolve()) if root is not None else p
-    entry: dict[str, Any] = {"path": shown.as_posix(), "sha256": file_sha256(p), "role": role}
-    if version is not None:
-        entry["version"] = version
-    return entry
+    return {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(),
+            "model_fingerprint": get_model_info(model).fingerprint()}
 
 
 def stable_record(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,60 +120,6 @@ def task_hash(records: Iterable[Mapping[str, Any]]) -> str:
     """SHA-256 over the stable fields of per-sample records, ordered by ``sample_id`` (order independent)."""
     stable = sorted((stable_record(r) for r in records), key=lambda r: str(r.get("sample_id")))
     return sha256_of(stable)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Atomic JSON write
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Best-effort fsync of a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
-
-    Readers see either the old file or the complete new one; the temp file is removed on failure.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as (strict, UTF-8, indented) JSON to ``path`` atomically; see :func:`write_bytes_atomic`."""
-    text = json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Environment, git and memory
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _dist_version(name: str) -> str | None:
@@ -341,38 +213,6 @@ def pretty_env_info(info: Mapping[str, Any]) -> str:
     return "\n".join(f"{key}: {value}" for key, value in info.items())
 
 
-def peak_memory_stats() -> dict[str, Any]:
-    """Peak memory of this process in bytes.
-
-    ``cpu_max_rss_bytes`` comes from ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on
-    macOS; None where ``resource`` is missing).  ``cuda_max_allocated_bytes`` sums
-    ``torch.cuda.max_memory_allocated`` over visible devices (None without CUDA); ``cuda_per_device`` lists them.
-    """
-    stats: dict[str, Any] = {"cpu_max_rss_bytes": None, "cuda_max_allocated_bytes": None, "cuda_per_device": []}
-    try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        stats["cpu_max_rss_bytes"] = int(rss if sys.platform == "darwin" else rss * 1024)
-    except (ImportError, OSError):
-        pass
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                per_device = [int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count())]
-                stats["cuda_per_device"] = per_device
-                stats["cuda_max_allocated_bytes"] = sum(per_device)
-        except Exception:  # noqa: BLE001 - memory probing must never fail a run
-            logger.debug("could not query CUDA memory", exc_info=True)
-    return stats
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Metrics helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
 def metric_key(name: str, filter_name: str = "none") -> str:
     """lm-eval style metric key: ``metric_key("f1") == "f1,none"`` (names already holding a comma pass through)."""
     return name if "," in name else f"{name},{filter_name}"
@@ -406,11 +246,6 @@ def format_metrics(metrics: Mapping[str, Any], filter_name: str = "none") -> dic
             filt = key.split(",")[1] if "," in key else filter_name
             out[f"{base}_stderr,{filt}"] = "N/A"
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building and validating results
-# --------------------------------------------------------------------------------------------------------------
 
 
 def summarize_timings(records: Sequence[Mapping[str, Any]], total_s: float | None) -> dict[str, Any]:
@@ -709,3 +544,30 @@ def validate_results_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid hookkit results: {path} is not valid JSON ({exc})") from exc
     return validate_results(data)
+
+
+def finite_values(timings: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in timings.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def cell_summary(records: Sequence[Mapping[str, Any]], key: str = "correct") -> dict[str, Any]:
+    """Accuracy (mean of ``key``), n, median prefill seconds, median decode tokens/s and max peak memory."""
+    vals = [float(bool(r[key])) for r in records]
+    acc, err = mean_stderr(vals)
+    pre = [float(r["_prefill_s"]) for r in records if isinstance(r.get("_prefill_s"), (int, float))]
+    dec = [float(r["_decode_tok_s"]) for r in records if isinstance(r.get("_decode_tok_s"), (int, float))]
+    rss = [int(r["_peak_rss_bytes"]) for r in records if isinstance(r.get("_peak_rss_bytes"), int)]
+    cuda = [int(r["_cuda_peak_bytes"]) for r in records if isinstance(r.get("_cuda_peak_bytes"), int)]
+    return {"n": len(records), "accuracy": acc if vals else None, "accuracy_stderr": err,
+            "prefill_s_median": _median(pre), "decode_tok_s_median": _median(dec),
+            "peak_rss_bytes_max": max(rss) if rss else None, "cuda_peak_bytes_max": max(cuda) if cuda else None}
+
+
+def as_number(value: Any) -> float:
+    """Metrics must be numbers: None (a measurement that did not happen) becomes NaN."""
+    return math.nan if value is None else float(value)

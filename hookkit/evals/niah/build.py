@@ -24,65 +24,51 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hookkit.evals.passkey import (
+from hookkit.evals.passkey.build import (
     ExactLengthError,
     TokenizerLike,
-    _solve_exact,
     decode_ids,
     encode_ids,
+    solve_exact_length,
     token_span,
 )
 
-__all__ = [
-    "NEEDLE",
-    "QUESTION",
-    "PROMPT_TEMPLATE",
-    "NEEDLE_ANSWER",
-    "SYSTEM_MESSAGE",
-    "QUESTION_SUFFIX",
-    "QUESTION_SUFFIX_HF_API",
-    "FINAL_CONTEXT_LENGTH_BUFFER",
-    "NIAH_COLORS",
-    "NiahPrompt",
-    "ExactLengthError",
-    "format_niah_prompt",
-    "period_token_ids",
-    "insert_needle_tokens",
-    "build_niah_prompt",
-    "linspace_int",
-    "logistic_depths",
-    "gkamradt_context_lengths",
-    "gkamradt_depth_percents",
-    "hf_context_lengths",
-    "hf_depth_percents",
-    "niah_grid",
-    "niah_result_filename",
-    "rouge1_x10",
-    "substring_score",
-    "niah_pivot",
-    "plot_niah_heatmap",
-]
-
 # --- §6.1 / §6.2 protocol texts (byte for byte) -----------------------------------------------------------------
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+
+
 QUESTION = "What is the best thing to do in San Francisco?"
+
+
 #: §6.2 offline HF prompt; fill with :func:`format_niah_prompt` (``str.format`` with ``context`` and ``question``).
 PROMPT_TEMPLATE = (
     "<|im_start|> This is a very long story book: <book> {context} </book>.\n"
     " Based on the content of the book, Question: {question}\nAnswer:"
 )
+
+
 #: Key phrase of the needle for :func:`substring_score` (hookkit's exact-match scorer, not in the originals).
 NEEDLE_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
+
+
 #: §6.1 gkamradt system message (OpenAI provider) and question suffixes (§6.1 and the §6.2 API path).
 SYSTEM_MESSAGE = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
+
+
 QUESTION_SUFFIX = " Don't give information outside the document or repeat your findings"
+
+
 QUESTION_SUFFIX_HF_API = (
     " Don't give information outside the document or repeat your findings. The document definitely contains "
     "the answer, and I'm 100% sure. So try your best to find it."
 )
+
+
 #: §6.1 ``final_context_length_buffer`` (tokens left for system message, question and answer). hookkit does not
 #: subtract it: the whole prompt is sized exactly instead (see :func:`build_niah_prompt`).
 FINAL_CONTEXT_LENGTH_BUFFER = 200
+
+
 #: §6.1 heatmap colormap, low → high.
 NIAH_COLORS: tuple[str, str, str] = ("#F0496E", "#EBB839", "#0CD79F")
 
@@ -276,7 +262,7 @@ def build_niah_prompt(
         raise ValueError(
             f"context_tokens={context_tokens} is below the {base} tokens of the NIAH {count} with an empty haystack"
         )
-    c, exact = _solve_exact(lambda x: evaluate(x)[0], context_tokens, context_tokens - base, slope=1.0, minimum=0)
+    c, exact = solve_exact_length(lambda x: evaluate(x)[0], context_tokens, context_tokens - base, slope=1.0, minimum=0)
     if not exact and strict:
         raise ExactLengthError(
             f"no NIAH {count} with exactly {context_tokens} tokens near {c} haystack tokens "

@@ -26,32 +26,27 @@ from pathlib import Path
 from typing import Any
 
 from hookkit.errors import ConfigError, InputError
-from hookkit.evals.chair import DEFAULT_SYNONYMS_PATH, ChairScorer, ChairVocab, default_vocab, sample_image_ids
-from hookkit.evals.pope_task import _finite, images_manifest, load_image
+from hookkit.evals.chair.scorer import SCORERS, ChairScorer, sample_image_ids
+from hookkit.evals.chair.vocab import DEFAULT_SYNONYMS_PATH, ChairVocab, default_vocab
+from hookkit.evals.files import data_file_entry, images_manifest, load_image, sha256_of
+from hookkit.evals.results import finite_values, mean_stderr
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
-from hookkit.evals.schema import data_file_entry, mean_stderr, sha256_of
 from hookkit.io import load_json
-
-__all__ = [
-    "CHAIR_DEFAULT_MAX_NEW_TOKENS",
-    "CHAIR_DEFAULT_NUM_IMAGES",
-    "CHAIR_PROMPT_PRESETS",
-    "ChairTask",
-    "coco_images_in_folder",
-    "read_image_id_list",
-    "select_image_ids",
-]
-
 
 #: Named caption prompts (§2.4; byte-exact protocol data).
 CHAIR_PROMPT_PRESETS: dict[str, str] = {
     "chair": "Please describe this image in detail.",  # OPERA / HALC / VHR
     "pai": "Please help me describe the image in detail.",  # PAI
 }
+
+
 #: §2.4: the long-caption setting (many papers add a 64-token "short" setting: pass --max-new-tokens 64).
 CHAIR_DEFAULT_MAX_NEW_TOKENS = 512
+
+
 #: §2.4: 500 random COCO val2014 images.
 CHAIR_DEFAULT_NUM_IMAGES = 500
+
 
 _COCO_NAME_RE = re.compile(r"^(?:COCO_(?:val|train)2014_)?(\d{12})\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -272,13 +267,16 @@ class ChairTask(EvalTask):
         image_seed: int | None = None,
         sample_from: str = "images",
         synonyms: str | os.PathLike[str] | None = None,
+        scorer: str = "fast",
         **kwargs: Any,
     ) -> ChairTask:
         """Build the task from files: choose the ids, load the annotations restricted to them, build the scorer.
 
         ``sample_from``: ``"images"`` (the COCO-named files of ``images_dir``) or ``"annotations"`` (every image id
         of the instances files, as ``random.sample(coco.getImgIds(), n)`` in VHR-adjacent repos, but sorted first
-        so that the draw does not depend on file order).
+        so that the draw does not depend on file order).  ``scorer``: ``"fast"`` or ``"reference"`` (the published
+        NLTK pipeline, :mod:`hookkit.evals.chair.reference`), used for the ground-truth captions and the generated
+        ones alike.
         """
         if sample_from not in ("images", "annotations"):
             raise ConfigError("--sample-from", f"unknown value {sample_from!r}", ["images", "annotations"])
@@ -297,14 +295,16 @@ class ChairTask(EvalTask):
                                           population_name=sample_from)
         wanted = set(ids)
         vocab = ChairVocab.from_file(synonyms) if synonyms is not None else default_vocab()
-        scorer = ChairScorer([_restrict(d, wanted) for d in inst_data], [_restrict(d, wanted) for d in cap_data],
-                             vocab=vocab)
+        if scorer not in SCORERS:
+            raise ConfigError("--scorer", f"unknown value {scorer!r}", SCORERS)
+        chair_scorer = ChairScorer([_restrict(d, wanted) for d in inst_data],
+                                   [_restrict(d, wanted) for d in cap_data], vocab=vocab, scorer=scorer)
         files = [data_file_entry(p, "instances") for p in instances]
         files += [data_file_entry(p, "captions") for p in captions]
         files.append(data_file_entry(synonyms if synonyms is not None else DEFAULT_SYNONYMS_PATH, "synonyms"))
         if image_ids_file is not None:
             files.append(data_file_entry(image_ids_file, "image_ids"))
-        return cls(ids, images_dir, scorer, file_names=available, image_selection=selection, data_files=files,
+        return cls(ids, images_dir, chair_scorer, file_names=available, image_selection=selection, data_files=files,
                    **kwargs)
 
     # ------------------------------------------------------------------ data
@@ -352,7 +352,7 @@ class ChairTask(EvalTask):
         result = generate(self.model, self.processor, [self.prompt] * len(batch), images,
                           max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
         n = len(batch)
-        timings = _finite(result.timings)
+        timings = finite_values(result.timings)
         records = []
         for sample, raw, ids in zip(batch, result.texts, result.new_token_ids):
             caption = raw.strip()
