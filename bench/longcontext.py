@@ -2,8 +2,9 @@
 
     python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10
     python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10
+    python bench/longcontext.py niah --methods stock,ntk,longheads --lengths 4k,8k --haystack pydoc --needle code
     python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k --excerpts 4
-    python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill time + peak memory
+    python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill, decode tok/s, peak memory
     python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
     python bench/longcontext.py summary                                     # -> bench/results/longcontext.json
 
@@ -33,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ RUNS = ROOT / "runs" / "longcontext"
 RESULT = ROOT / "bench" / "results" / "longcontext.json"
 COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
-METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official")
+NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
+METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
+           "longheads-bound")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -57,6 +59,8 @@ LONGHEADS_PARAMS = {
     "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32,
                         "tail_recent": 0},
     "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0},
+    "longheads-bound": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                        "tail_recent": 8},
 }
 MODEL = "smollm2"
 
@@ -129,6 +133,46 @@ def phase_passkey(args: argparse.Namespace) -> None:
         del model
 
 
+def phase_niah(args: argparse.Namespace) -> None:
+    """Needle in natural text: ``--haystack`` (kjv | pydoc) x ``--needle`` phrasing, ``--depths`` per length (one
+    trial per depth), every method on the same prompts; all runs collected into ``NIAH_FILE``."""
+    from hookkit.evals.niah.task import NiahTask
+
+    dtype = setup(args.threads, args.dtype)
+    for method in args.methods.split(","):
+        model, tok, info = load(method, dtype)
+        for length in args.lengths:
+            task = NiahTask(tok, [length], args.depths, haystack=args.haystack, needle=args.needle)
+            out = RUNS / "niah" / f"{args.haystack}-{args.needle}" / method / f"len{length}"
+            res = run_task(task, model, info, method, out, limit=args.limit)
+            cell = res["results"]["niah"]["per_length,none"][str(length)]
+            print(f"niah {args.haystack}/{args.needle} {method:>9} {length:>6}: substring "
+                  f"{cell['substring_accuracy']:.2f} over {cell['n']} depths, ROUGE x10 {cell['rouge1_x10']:.2f}, "
+                  f"prefill {cell['prefill_s_median']:.1f} s (median)", flush=True)
+            _collect_niah()
+        del model
+
+
+def _collect_niah() -> None:
+    """Every NIAH run under ``runs/longcontext/niah`` with its per-sample records, into ``NIAH_FILE``."""
+    from hookkit.evals.runner import read_jsonl
+
+    runs = []
+    for samples in sorted((RUNS / "niah").glob("*/*/len*/samples_niah.jsonl")):
+        folder = samples.parent
+        results = json.loads((folder / "results_niah.json").read_text()) if (folder / "results_niah.json").exists() \
+            else None
+        records, _, _ = read_jsonl(samples)
+        haystack, needle = folder.parent.parent.name.split("-", 1)
+        runs.append({"haystack": haystack, "needle": needle, "method": folder.parent.name,
+                     "length": int(folder.name[3:]),
+                     "recipe_hash": ((results or {}).get("intervention") or {}).get("recipe_hash"),
+                     "records": [{k: r.get(k) for k in ("sample_id", "depth_percent", "actual_depth_percent",
+                                                        "n_tokens", "response", "score", "substring", "prefill_s",
+                                                        "decode_tok_s", "peak_rss_bytes")} for r in records]})
+    _write(NIAH_FILE, {"runs": runs, "machine": machine()})
+
+
 def excerpt_starts(tokenizer: Any, excerpts: int, max_tokens: int) -> list[int]:
     """Start offsets of ``excerpts`` excerpts spread evenly over the whole KJV: ``k·⌊N/excerpts⌋``, k = 0…excerpts−1.
 
@@ -167,11 +211,15 @@ def phase_longppl(args: argparse.Namespace) -> None:
 
 
 def _measure(args: argparse.Namespace) -> None:
-    """One prefill in this (fresh) process; prints a JSON line."""
+    """One prefill plus ``--decode-tokens`` greedy steps in this (fresh) process; prints a JSON line.
+
+    Every method decodes the same number of tokens (no EOS stop), so decode tokens/s compare like for like.
+    """
     import torch
 
     import hookkit
-    from hookkit.evals.memory import PeakMemory, _rss_bytes
+    from hookkit.evals.decoding import greedy_generate
+    from hookkit.evals.memory import _rss_bytes
     from hookkit.evals.passkey import build_passkey_prompt
 
     dtype = setup(args.threads, args.dtype)
@@ -181,23 +229,23 @@ def _measure(args: argparse.Namespace) -> None:
     recipe = recipe_for(args.method)
     session = hookkit.attach(model, recipe) if recipe is not None else None
     base = _rss_bytes()
-    with PeakMemory() as mem, torch.no_grad():
-        t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        prefill = time.perf_counter() - t0
-    del out
+    timing = greedy_generate(model, ids, max_new_tokens=args.decode_tokens + 1)
     if session is not None:
         session.detach()
-    print(json.dumps({"method": args.method, "length": args.length[0], "prefill_s": prefill,
-                      "peak_rss_bytes": mem.peak_rss, "baseline_rss_bytes": base,
-                      "peak_increase_bytes": (mem.peak_rss or 0) - (base or 0)}), flush=True)
+    steps = len(timing.new_ids) - 1  # the first new token comes from the prefill
+    print(json.dumps({"method": args.method, "length": args.length[0], "prefill_s": timing.prefill_s,
+                      "decode_tokens": steps, "decode_s": timing.decode_s,
+                      "decode_tok_s": steps / timing.decode_s if steps and timing.decode_s > 0 else None,
+                      "peak_rss_bytes": timing.peak_rss_bytes, "baseline_rss_bytes": base,
+                      "peak_increase_bytes": (timing.peak_rss_bytes or 0) - (base or 0)}), flush=True)
 
 
 def phase_cost(args: argparse.Namespace) -> None:
     """Prefill time and peak memory, stock sdpa vs LongHeads, fresh process per measurement, alternating."""
     rows: list[dict[str, Any]] = []
-    if COST_FILE.exists() and args.resume:
-        rows = json.loads(COST_FILE.read_text()).get("runs", [])
+    cost_file = Path(args.cost_file) if args.cost_file else COST_FILE
+    if cost_file.exists() and args.resume:
+        rows = json.loads(cost_file.read_text()).get("runs", [])
     methods = args.methods.split(",")
     for rep in range(args.repeats):
         for length in args.lengths:
@@ -207,14 +255,17 @@ def phase_cost(args: argparse.Namespace) -> None:
                 if len(done) > rep:
                     continue
                 cmd = [sys.executable, __file__, "_measure", "--method", method, "--length", str(length),
-                       "--threads", str(args.threads), "--dtype", args.dtype]
+                       "--threads", str(args.threads), "--dtype", args.dtype,
+                       "--decode-tokens", str(args.decode_tokens)]
                 res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=True)
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 row["repetition"] = rep
                 rows.append(row)
-                print(f"cost rep {rep} {method:>9} {length:>6}: prefill {row['prefill_s']:.1f} s, peak RSS "
-                      f"{row['peak_rss_bytes'] / 1e9:.2f} GB (+{row['peak_increase_bytes'] / 1e9:.2f})", flush=True)
-                _write(COST_FILE, {"runs": rows, "machine": machine(), "threads": args.threads, "dtype": args.dtype})
+                print(f"cost rep {rep} {method:>9} {length:>6}: prefill {row['prefill_s']:.1f} s, decode "
+                      f"{row.get('decode_tok_s') or 0:.2f} tok/s, peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB "
+                      f"(+{row['peak_increase_bytes'] / 1e9:.2f})", flush=True)
+                _write(cost_file, {"runs": rows, "machine": machine(), "threads": args.threads, "dtype": args.dtype,
+                                   "decode_tokens": args.decode_tokens, "command": " ".join(sys.argv)})
 
 
 def phase_pairs(args: argparse.Namespace) -> None:
@@ -401,11 +452,16 @@ COMMANDS = [  # what produced bench/results/longcontext.json (docs/benchmarks.md
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=("passkey", "longppl", "cost", "pairs", "summary", "_measure"))
+    p.add_argument("phase", choices=("passkey", "niah", "longppl", "cost", "pairs", "summary", "_measure"))
     p.add_argument("--methods", default="stock,ntk,longheads")
     p.add_argument("--method", default="stock")
     p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
     p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--haystack", default="pydoc", help="niah: kjv | pydoc (default pydoc)")
+    p.add_argument("--needle", default="code", help="niah: a needle phrasing of hookkit.evals.niah.NIAH_NEEDLES")
+    p.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")],
+                   default=[0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
+                   help="niah: needle depths in percent, one trial each (default 0,10,...,100)")
     p.add_argument("--limit", type=int, default=None, help="run only the first N trials now (resume adds the rest)")
     p.add_argument("--max-tokens", type=int_list, default=[32768])
     p.add_argument("--window", type=int, default=2048)
@@ -414,6 +470,8 @@ def main() -> None:
     p.add_argument("--max-context", type=int, default=None,
                    help="longppl: truncated-context reference, each window from at most N tokens ending with it")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode-tokens", type=int, default=16, help="cost: greedy steps timed after the prefill")
+    p.add_argument("--cost-file", default=None, help=f"cost: results file (default {COST_FILE.name})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on this shared 2-core machine 2 threads were slower)")
     p.add_argument("--dtype", default="fast")
@@ -423,7 +481,7 @@ def main() -> None:
         args.length = args.lengths
         _measure(args)
         return
-    {"passkey": phase_passkey, "longppl": phase_longppl, "cost": phase_cost, "pairs": phase_pairs,
+    {"passkey": phase_passkey, "niah": phase_niah, "longppl": phase_longppl, "cost": phase_cost, "pairs": phase_pairs,
      "summary": phase_summary}[args.phase](args)
 
 

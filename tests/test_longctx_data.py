@@ -308,20 +308,20 @@ def test_niah_protocol_texts():
     assert niah.NEEDLE_ANSWER in niah.NEEDLE
 
 
-def _check_insertion(tok, res, depth):
+def _check_insertion(tok, res, depth, haystack=None, needle=niah.NEEDLE):
     """§6.1 rule: the needle sits after a '.' token at or before int(c * depth / 100), with no '.' in between."""
-    hay = niah._haystack_ids(tok, corpus.load_kjv_text(), res.haystack_tokens)
+    hay = niah._haystack_ids(tok, haystack or corpus.load_kjv_text(), res.haystack_tokens)
     periods = niah.period_token_ids(tok)
     point, c = res.insertion_token, res.haystack_tokens
     if depth == 100:
-        assert point == c and res.context.endswith(niah.NEEDLE)
+        assert point == c and res.context.endswith(needle)
         return
     nominal = int(c * depth / 100)
     assert point <= nominal
     assert not any(t in periods for t in hay[point:nominal])
     assert point == 0 or hay[point - 1] in periods
     decode = lambda ids: passkey.decode_ids(tok, ids)  # noqa: E731
-    assert decode(hay[:point]) + niah.NEEDLE + decode(hay[point:c]) == res.context
+    assert decode(hay[:point]) + needle + decode(hay[point:c]) == res.context
 
 
 @pytest.mark.parametrize("target", [400, 1000, 1777])
@@ -374,6 +374,22 @@ def test_niah_smollm2_2048_tokens(smol_tok):
     assert res.prompt[res.needle_char_span[0] - 1] == "."
     assert 40 <= res.actual_depth_percent <= 50
     _check_insertion(smol_tok, res, 50)
+
+
+@pytest.mark.parametrize("needle", ["sandwich", "code", "city", "ingredient"])
+def test_every_needle_phrasing_in_the_pydoc_haystack(smol_tok, needle):
+    from hookkit.evals.corpus import load_pydoc_text
+
+    preset = niah.NIAH_NEEDLES[needle]
+    res = niah.build_niah_prompt(smol_tok, 2048, 50, haystack=load_pydoc_text(), needle=preset.needle,
+                                 question=preset.question)
+    assert len(smol_tok(res.prompt).input_ids) == 2048 == res.n_tokens
+    assert res.prompt.count(preset.needle) == 1 and res.prompt.count(preset.question) == 1
+    assert res.prompt[res.needle_char_span[0] - 1] == "."  # moved back to a sentence end, as §6.1
+    assert preset.answer in preset.needle and niah.substring_score(f"It is {preset.answer}.", preset.answer)
+    others = [p.answer for name, p in niah.NIAH_NEEDLES.items() if name != needle]
+    assert not any(niah.substring_score(a, preset.answer) for a in others)
+    _check_insertion(smol_tok, res, 50, load_pydoc_text(), preset.needle)
 
 
 # --- NIAH: grids ------------------------------------------------------------------------------------------------

@@ -161,6 +161,19 @@ def test_niah_default_haystack_is_the_shipped_kjv() -> None:
     assert entry["sha256"] == KJV_SHA256 == entry["expected_sha256"] and "kjv" in entry["path"]
 
 
+def test_pydoc_haystack_is_python_documentation_and_recorded() -> None:
+    from hookkit.evals.corpus import HAYSTACKS, load_kjv_text, load_pydoc_text
+
+    text = load_pydoc_text()
+    assert len(text) > 200_000 and "assert" in text and text != load_kjv_text()
+    assert set(HAYSTACKS) == {"kjv", "pydoc"}
+    _, tok = tiny()
+    entry = NiahTask(tok, [64], [50], haystack="pydoc").data_files()[0]
+    assert entry["path"] == "pydoc_data.topics" and "Python 3." in entry["version"] and len(entry["sha256"]) == 64
+    with pytest.raises(ValueError, match="unknown needle 'sandwhich'; allowed: sandwich, code"):
+        NiahTask(tok, [64], [50], needle="sandwhich")
+
+
 # ---------------------------------------------------------------------------------------------- long ppl
 def test_window_nll_equals_full_logits_cross_entropy() -> None:
     model, _ = tiny()
@@ -285,6 +298,11 @@ def test_cli_niah_and_longppl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "0,50", "--haystack", str(hay), "--max-new-tokens", "3", "--output-path", str(tmp_path / "n"),
                  "--no-progress"]) == 0
     assert (tmp_path / "n" / "niah_heatmap_rouge.png").exists()
+    assert main(["eval", "niah", "--model", "tiny-llama", "--dtype", "float32", "--lengths", "120", "--depths", "50",
+                 "--haystack", "pydoc", "--needle", "code", "--max-new-tokens", "2", "--no-heatmap",
+                 "--output-path", str(tmp_path / "c"), "--no-progress"]) == 0
+    config = json.loads((tmp_path / "c" / "results_niah.json").read_text())["configs"]["niah"]
+    assert config["haystack"] == "pydoc" and config["needle_preset"] == "code"
     assert main(["eval", "longppl", "--model", "tiny-llama", "--dtype", "float32", "--text", str(hay),
                  "--max-tokens", "100", "--window", "50", "--output-path", str(tmp_path / "p"),
                  "--no-progress"]) == 0

@@ -93,6 +93,27 @@ def load_kjv_text() -> str:
     return raw.decode("utf-8")
 
 
+@lru_cache(maxsize=1)
+def load_pydoc_text() -> str:
+    """Python's own reference documentation topics (``pydoc_data.topics``, shipped with CPython under the PSF
+    licence), joined in sorted topic order with blank lines: ~465k characters of technical prose and grammar,
+    a haystack unlike the KJV. No network. The text follows the running Python's version, so results record its
+    SHA-256 (``data_files``) and the Python version (environment info)."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as exc:  # some distributions split pydoc_data out
+        raise ImportError("the pydoc haystack needs Python's pydoc_data package (part of CPython; some Linux "
+                          "distributions ship it separately)") from exc
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+#: built-in NIAH haystacks: name -> (loader, description). Two texts that differ in kind (scripture vs technical).
+HAYSTACKS = {
+    "kjv": (load_kjv_text, "the King James Bible (Debian bible-kjv-text 4.38, public domain; shipped)"),
+    "pydoc": (load_pydoc_text, "Python's reference documentation topics (pydoc_data, PSF licence; in CPython)"),
+}
+
+
 def corpus_sha256(text: str | None = None) -> str:
     """SHA-256 (hex) of the UTF-8 bytes of ``text``; of the shipped KJV text when ``text`` is None.
 

@@ -637,6 +637,9 @@ class LongHeads(Intervention):
         results are merged exactly with their log-sum-exps (as flash attention merges key blocks). Work is
         Qb x (chunks used by the block) x w, memory O(Qb·chunks·(w + D)), independent of the context length.
         """
+        if q_loc.shape[1] == 1:
+            return self._attend_one(state, row, q_loc, sel, c, offs, key_b, value_flat, total, n_pad, scaling,
+                                    exclude_self)
         H, Qb, D = q_loc.shape
         G, K, w, dev = sel.shape[0], state.cfg.K, state.cfg.w, q_loc.device
         r = H // G  # query heads per selection group (1 for per-query-head selection)
@@ -701,6 +704,63 @@ class LongHeads(Intervention):
             st["pairs_sum"] += n_pairs
             st["pairs_max"] = max(st["pairs_max"], n_pairs)
         return merged.to(q_loc.dtype).view(G, r, Qb, D).reshape(H, Qb, D).transpose(0, 1)
+
+
+    def _attend_one(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
+                    offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
+                    scaling: float, exclude_self: bool) -> torch.Tensor:
+        """:meth:`_attend` for a single query per head (every decoding step): rotate the query, not the keys.
+
+        The score of a selected chunk c' at displacement d is ``(R(d·w)·q_loc)·k_loc`` with ``k_loc =
+        R(-(c'·w + pos0))·k_cache`` (:meth:`LongHeadsState.local_keys`). Rotations compose, so it equals
+        ``(R((c' + d)·w + pos0)·q_loc)·k_cache``: one rotated query per chunk instead of w rotated keys, and the
+        cached keys are read as they are. With one query there is one displacement per chunk, so a single softmax
+        over the union of the selected keys replaces the per-chunk log-sum-exp merge.
+
+        The chunks every group keeps right before the current one (the previous chunk and the ``tail_recent``
+        local window) sit at their true distance, d = c − c', so all of them and the current chunk share the one
+        angle ``c·w + pos0``: they are read as one slice of the cache (no gather, no copy). Only chunk 0 and the
+        scored chunks are gathered. Returns ``[1, H, D]``.
+        """
+        H, _, D = q_loc.shape
+        G, K, w, dev = sel.shape[0], state.cfg.K, state.cfg.w, q_loc.device
+        Hkv = state.cfg.num_kv
+        r = H // G
+        acc = torch.promote_types(q_loc.dtype, torch.float32)
+        chunks = sel[:, 0]  # [G, K-1], ascending: the i-th sits d = K-1-i chunks before chunk c
+        n_win = 1 + state.cfg.tail_recent  # the previous chunk + the local window, where every group kept them
+        window = torch.arange(c - n_win, c, device=dev)
+        if not bool((chunks[:, K - 1 - n_win:] == window).all()):
+            n_win = 0
+        n_far = K - 1 - n_win  # gathered: chunk 0 and the scored chunks
+        far = chunks[:, :n_far]
+        d = (K - 1) - torch.arange(n_far, device=dev)
+        angles = torch.cat([(far + d) * w, far.new_full((G, 1), c * w)], dim=1) + row.pos0  # [G, n_far + 1]
+        cos, sin = state.rope_at(angles)  # fp32; the last column is the angle of the window and current chunk
+        q = q_loc.reshape(G, 1, r, D).to(acc)
+        qv = q * cos[:, :, None].to(acc) + rotate_half(q) * sin[:, :, None].to(acc)  # [G, n_far + 1, r, D]
+        kv_of_group = torch.arange(G, device=dev) // (G // Hkv)
+        pos = far[:, :, None] * w + torch.arange(w, device=dev)  # [G, n_far, w]
+        flat = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
+        keys = key_b.reshape(-1, D).index_select(0, flat).view(G, n_far, w, D).to(acc)
+        vals = value_flat.index_select(0, flat).view(G, n_far * w, D).to(acc)
+        s_far = torch.matmul(qv[:, :n_far], keys.transpose(-1, -2))  # [G, n_far, r, w]
+        # window + current chunk up to the query itself (or before it, include_self=False at prefill)
+        lo, hi = n_pad + (c - n_win) * w, n_pad + c * w + int(offs[0]) + (0 if exclude_self else 1)
+        k_win = key_b[:, lo:hi].to(acc)  # [Hkv, n, D], a view in the cache's dtype
+        v_win = value_flat.view(Hkv, total, D)[:, lo:hi].to(acc)
+        q_win = qv[:, n_far].reshape(Hkv, (G // Hkv) * r, D)
+        s_win = torch.matmul(q_win, k_win.transpose(-1, -2)).view(G, r, hi - lo)
+        scores = torch.cat([s_far.permute(0, 2, 1, 3).reshape(G, r, n_far * w), s_win], dim=-1) * scaling
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs[..., : n_far * w], vals)  # [G, r, D]
+        out = out + torch.matmul(probs[..., n_far * w:].reshape(Hkv, (G // Hkv) * r, hi - lo), v_win).view(G, r, D)
+        st = state.stats
+        st["blocks"] += 1
+        st["queries"] += 1
+        st["chunks_sum"] += K
+        st["chunks_max"] = max(st["chunks_max"], K)
+        return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
 
 
 def _grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:

@@ -17,6 +17,8 @@ def _one_prompt_at_a_time(args: argparse.Namespace) -> None:
 
 
 def add_niah_arguments(p: argparse.ArgumentParser) -> None:
+    from hookkit.evals.corpus import HAYSTACKS
+    from hookkit.evals.niah import NIAH_NEEDLES
     from hookkit.evals.niah.task import NIAH_MAX_NEW_TOKENS
 
     add_long_context_model_args(p)
@@ -25,7 +27,10 @@ def add_niah_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt lengths in tokens (default 2048,4096,8192)")
     g.add_argument("--depths", type=float_list, default=[0.0, 25.0, 50.0, 75.0, 100.0], metavar="P[,P...]",
                    help="needle depths in percent (default 0,25,50,75,100)")
-    g.add_argument("--haystack", metavar="FILE", help="UTF-8 haystack text (default: the shipped KJV)")
+    g.add_argument("--haystack", default="kjv", metavar="NAME|FILE",
+                   help=f"built-in haystack ({', '.join(HAYSTACKS)}; default kjv) or a UTF-8 text file")
+    g.add_argument("--needle", default="sandwich", choices=list(NIAH_NEEDLES),
+                   help="needle phrasing (default sandwich, §6.2; the others vary what is retrieved and how it is asked)")
     g.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS,
                    help=f"greedy budget (default {NIAH_MAX_NEW_TOKENS}, §6.2)")
     g.add_argument("--no-heatmap", action="store_true", help="do not draw the heatmap PNGs")
@@ -46,14 +51,15 @@ def _niah_summary(results: dict[str, Any]) -> list[str]:
 
 def run_niah(args: argparse.Namespace) -> int:
     from hookkit.errors import InputError
+    from hookkit.evals.corpus import HAYSTACKS
     from hookkit.evals.niah.task import NiahTask, write_heatmaps
     from hookkit.evals.runner import OutputPaths, read_jsonl
 
     for d in args.depths:
         if not 0.0 <= d <= 100.0:
             raise ConfigError("--depths", f"depth {d} is not a percentage in [0, 100]")
-    haystack = None
-    if args.haystack:
+    haystack = args.haystack
+    if haystack not in HAYSTACKS:
         try:
             haystack = Path(args.haystack).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -61,18 +67,20 @@ def run_niah(args: argparse.Namespace) -> int:
 
     def make_task(tokenizer: Any) -> NiahTask:
         return NiahTask(tokenizer, args.lengths, args.depths, haystack=haystack, haystack_name=args.haystack,
-                        max_new_tokens=args.max_new_tokens)
+                        needle=args.needle, max_new_tokens=args.max_new_tokens)
 
     def after(task: Any, out: Path) -> list[str]:
         if args.no_heatmap:
             return []
         records, _, _ = read_jsonl(OutputPaths(out, task.name).samples)
-        return [f"heatmap: {p}" for p in write_heatmaps(records, out, title=f"NIAH {args.model}")]
+        title = f"NIAH {args.model}, {Path(args.haystack).name} haystack, {args.needle} needle"
+        return [f"heatmap: {p}" for p in write_heatmaps(records, out, title=title)]
 
     _one_prompt_at_a_time(args)
     return run_eval(args, make_task, _niah_summary, after, task_needs_processor=True)
 
 
 NIAH = TaskCommand(
-    help="needle in a haystack over a length x depth grid (KJV haystack): ROUGE-1 x10 and substring scores",
+    help="needle in a haystack over a length x depth grid (KJV or pydoc haystack, several needles): ROUGE-1 x10 "
+         "and substring scores",
     description="Protocol: eval-protocols.md §6.2.", add_arguments=add_niah_arguments, run=run_niah)

@@ -51,6 +51,39 @@ PROMPT_TEMPLATE = (
 NEEDLE_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
 
 
+@dataclass(frozen=True)
+class NiahNeedle:
+    """A needle phrasing: the inserted text, the question, and the key phrase the substring scorer looks for."""
+
+    needle: str
+    question: str
+    answer: str
+    description: str
+
+
+#: Needle phrasings. ``sandwich`` is the protocol's (§6.2, the default); the others vary what is retrieved (a code,
+#: a name, a phrase) and how it is asked, and were never used to choose any method's defaults.
+NIAH_NEEDLES = {
+    "sandwich": NiahNeedle(NEEDLE, QUESTION, NEEDLE_ANSWER, "§6.2 / gkamradt (default)"),
+    "code": NiahNeedle("\nThe secret code that opens the old archive is 7391-harbor.\n",
+                       "What is the secret code that opens the old archive?", "7391-harbor",
+                       "an alphanumeric code"),
+    "city": NiahNeedle("\nThe hidden city that the travellers finally reached was called Valmora.\n",
+                       "What was the hidden city that the travellers finally reached called?", "Valmora",
+                       "a made-up proper name"),
+    "ingredient": NiahNeedle("\nThe special ingredient in Grandma Elsie's winter soup is roasted fennel seed.\n",
+                             "What is the special ingredient in Grandma Elsie's winter soup?", "roasted fennel seed",
+                             "a short phrase"),
+}
+
+
+def get_needle(name: str) -> NiahNeedle:
+    """The :data:`NIAH_NEEDLES` preset ``name`` (a clear error naming the allowed values otherwise)."""
+    if name not in NIAH_NEEDLES:
+        raise ValueError(f"unknown needle {name!r}; allowed: {', '.join(NIAH_NEEDLES)}")
+    return NIAH_NEEDLES[name]
+
+
 #: §6.1 gkamradt system message (OpenAI provider) and question suffixes (§6.1 and the §6.2 API path).
 SYSTEM_MESSAGE = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
 

@@ -6,7 +6,8 @@ Francisco?"``, the ``<|im_start|> This is a very long story book: <book> {contex
 decoding with ``max_new_tokens=50``, the response decoded without special tokens and stripped, scored by
 ROUGE-1 F × 10 (``rouge-score``, stemmer on). hookkit adds an exact-substring scorer (the needle's key phrase,
 case- and whitespace-insensitive). The haystack is the shipped public-domain KJV text (provenance in
-``hookkit/evals/data/PROVENANCE.md``; no network), and every prompt is built to an exact token count
+``hookkit/evals/data/PROVENANCE.md``; no network) or Python's documentation topics (``pydoc``), and the needle
+one of several phrasings (``NIAH_NEEDLES``), and every prompt is built to an exact token count
 (:func:`hookkit.evals.niah.build_niah_prompt`).
 
 One sample per (length, depth) cell, so ``--resume`` resumes per cell. :func:`write_heatmaps` draws the §6.1
@@ -21,14 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hookkit.evals.corpus import KJV_RESOURCE, KJV_SHA256, corpus_sha256, load_kjv_text
+from hookkit.evals.corpus import HAYSTACKS, KJV_RESOURCE, KJV_SHA256, corpus_sha256
 from hookkit.evals.decoding import eos_ids, greedy_generate
 from hookkit.evals.niah.build import (
-    NEEDLE,
-    NEEDLE_ANSWER,
     PROMPT_TEMPLATE,
-    QUESTION,
     build_niah_prompt,
+    get_needle,
     plot_niah_heatmap,
     rouge1_x10,
     substring_score,
@@ -49,8 +48,10 @@ class NiahTask(EvalTask):
         tokenizer: the model's tokenizer (prompts are sized with it; the whole prompt has exactly ``length`` tokens).
         lengths: context lengths in tokens (the grid's "Token Limit").
         depths: needle depths in percent (0-100).
-        haystack: haystack text; default the shipped KJV.
-        haystack_name: how the haystack is named in ``data_files``.
+        haystack: haystack text, or the name of a built-in one (:data:`hookkit.evals.corpus.HAYSTACKS`: ``kjv``,
+            the default, or ``pydoc``).
+        haystack_name: how a haystack given as text is named in ``data_files``.
+        needle: a needle phrasing (:data:`hookkit.evals.niah.NIAH_NEEDLES`; default ``sandwich``, §6.2).
         max_new_tokens: greedy budget (§6.2: 50).
     """
 
@@ -58,7 +59,7 @@ class NiahTask(EvalTask):
     version = "1"
 
     def __init__(self, tokenizer: Any, lengths: Sequence[int], depths: Sequence[float], *,
-                 haystack: str | None = None, haystack_name: str | None = None,
+                 haystack: str | None = None, haystack_name: str | None = None, needle: str = "sandwich",
                  max_new_tokens: int = NIAH_MAX_NEW_TOKENS) -> None:
         if not lengths or not depths:
             raise ValueError("lengths and depths must not be empty")
@@ -68,9 +69,15 @@ class NiahTask(EvalTask):
         self.tokenizer = tokenizer
         self.lengths = [int(n) for n in lengths]
         self.depths = [float(d) for d in depths]
-        self.shipped = haystack is None
-        self.haystack = load_kjv_text() if haystack is None else haystack
-        self.haystack_name = haystack_name or (f"hookkit/evals/data/{KJV_RESOURCE}" if self.shipped else "haystack")
+        haystack = "kjv" if haystack is None else haystack
+        self.builtin = haystack if haystack in HAYSTACKS else None
+        if self.builtin is not None:
+            self.haystack = HAYSTACKS[self.builtin][0]()
+            self.haystack_name = f"hookkit/evals/data/{KJV_RESOURCE}" if self.builtin == "kjv" else "pydoc_data.topics"
+        else:
+            self.haystack, self.haystack_name = haystack, haystack_name or "haystack"
+        self.needle_name = needle
+        self.needle = get_needle(needle)
         self.max_new_tokens = int(max_new_tokens)
         self.model: Any = None
 
@@ -87,7 +94,8 @@ class NiahTask(EvalTask):
     def predict_one(self, sample: Sample) -> Record:
         try:
             prompt = build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
-                                       haystack=self.haystack)
+                                       haystack=self.haystack, needle=self.needle.needle,
+                                       question=self.needle.question)
         except (ValueError, RuntimeError) as exc:
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
         timing = greedy_generate(self.model, prompt.input_ids, self.max_new_tokens,
@@ -104,8 +112,8 @@ class NiahTask(EvalTask):
             "needle_token_span": rec["needle_token_span"],
             "prompt_sha256": rec["prompt_sha256"],
             "response": response,
-            "score": rouge1_x10(response),
-            "substring": substring_score(response),
+            "score": rouge1_x10(response, self.needle.needle),
+            "substring": substring_score(response, self.needle.answer),
             **timing.record_fields(),
         }
 
@@ -133,11 +141,13 @@ class NiahTask(EvalTask):
 
     def config(self) -> dict[str, Any]:
         return {
-            "protocol": "eval-protocols.md §6.2 (offline HF variant); exact token budgets; KJV haystack",
+            "protocol": "eval-protocols.md §6.2 (offline HF variant); exact token budgets",
+            "haystack": self.builtin or self.haystack_name,
             "prompt_template": PROMPT_TEMPLATE,
-            "needle": NEEDLE,
-            "question": QUESTION,
-            "substring_answer": NEEDLE_ANSWER,
+            "needle_preset": self.needle_name,
+            "needle": self.needle.needle,
+            "question": self.needle.question,
+            "substring_answer": self.needle.answer,
             "lengths": self.lengths,
             "depth_percents": self.depths,
             "length_counts": "whole prompt (template + context + question), tokenised as the model sees it",
@@ -148,9 +158,13 @@ class NiahTask(EvalTask):
     def data_files(self) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"path": self.haystack_name, "sha256": corpus_sha256(self.haystack),
                                  "role": "haystack"}
-        if self.shipped:
+        if self.builtin == "kjv":
             entry["version"] = "Debian bible-kjv-text 4.38 (public domain); see hookkit/evals/data/PROVENANCE.md"
             entry["expected_sha256"] = KJV_SHA256
+        elif self.builtin == "pydoc":
+            import platform
+
+            entry["version"] = f"pydoc_data.topics of Python {platform.python_version()} (PSF licence)"
         return [entry]
 
     def higher_is_better(self) -> dict[str, bool]:
