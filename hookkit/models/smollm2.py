@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from hookkit import compat
@@ -46,7 +43,7 @@ def gguf_path() -> Path:
 
 def cached_checkpoint() -> Path:
     """A plain safetensors checkpoint folder of SmolLM2 (exported from the GGUF on first use)."""
-    from hookkit.models.tiny import cache_root
+    from hookkit.models.cache import building_folder, cache_root
 
     gguf_file = gguf_path()
     stamp = {"format": CACHE_FORMAT, "gguf_size": gguf_file.stat().st_size}
@@ -66,9 +63,7 @@ def cached_checkpoint() -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32,
                                                  **compat.load_kwargs())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = model.config
@@ -78,12 +73,5 @@ def cached_checkpoint() -> Path:
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta_tmp = tmp / "hookkit_smollm2.json"
-        meta_tmp.write_text(json.dumps(stamp))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "hookkit_smollm2.json").write_text(json.dumps(stamp))
     return target

@@ -19,9 +19,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ import torch
 import transformers as T
 
 from hookkit import compat
+from hookkit.models.cache import building_folder, cache_root
 
 # Bump when the tiny recipes change in a way that the hashed fields below do not capture.
 TINY_RECIPE_VERSION = 3
@@ -222,10 +220,6 @@ def tiny_models() -> dict[str, TinySpec]:
     return {spec.name: spec for cls in family_adapters() for spec in cls.tiny_models}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("HOOKKIT_CACHE", Path.home() / ".cache" / "hookkit"))
-
-
 def _recipe_hash(spec: TinySpec) -> str:
     cfg = spec.build_config().to_json_string(use_diff=False)
     # The sources are hashed too (this module and the family's file), so any edit to a tokenizer or processor
@@ -249,9 +243,7 @@ def tiny_model_path(name: str, *, rebuild: bool = False) -> Path:
     target = cache_root() / "tiny" / f"{name}-{_recipe_hash(spec)}"
     if target.exists() and not rebuild:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         torch.manual_seed(0)
         model_cls = getattr(T, spec.model_class)
         model = compat.model_from_config(model_cls, spec.build_config())
@@ -259,12 +251,4 @@ def tiny_model_path(name: str, *, rebuild: bool = False) -> Path:
         spec.build_processor().save_pretrained(tmp)
         (tmp / "hookkit_tiny.json").write_text(json.dumps({"name": name, "family": spec.family,
                                                            "description": spec.description}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except FileExistsError:  # another process won the race; its folder is complete
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
