@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -17,6 +21,18 @@ VLM_TINY = [n for n, s in tiny_models().items() if FAMILIES.get(s.family).is_vlm
 TEXT_TINY = [n for n in ALL_TINY if n not in VLM_TINY]
 
 _CACHE: dict[tuple[str, str], tuple] = {}
+
+
+def require_optional(module: str, extra: str, env: str) -> ModuleType:
+    """Import an optional dependency for a test module: skip the module when it is missing, or fail when the
+    environment variable ``env`` is ``1`` (CI sets it where the extra is installed, so nothing skips silently)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is not installed ({exc}); install it with pip install 'hookkit[{extra}]'"
+        if os.environ.get(env) == "1":
+            pytest.fail(f"{message} ({env}=1 requires it)", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def load_tiny(name: str, attn: str = "sdpa"):

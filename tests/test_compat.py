@@ -20,9 +20,8 @@ from helpers import build_batch
 
 import hookkit
 from hookkit import compat
+from hookkit.cli.doctor_cmd import past_length_recorder
 from hookkit.cli.main import main
-from hookkit.core.intervention import Intervention
-from hookkit.core.sites import Site
 
 pytestmark = pytest.mark.seam  # the seam-sensitive set CI also runs on the newest transformers
 
@@ -128,22 +127,6 @@ def test_every_cache_spelling_is_read(name: str) -> None:
     assert compat.cache_from_output(out) is marker
 
 
-class _PastLengths(Intervention):
-    name = "past_lengths"
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    def bind(self, model: Any) -> dict:
-        return {Site.ATTN_INPUT: frozenset({0})}
-
-    def writes(self, site: Site) -> bool:
-        return False
-
-    def attn_input(self, ctx: Any, state: Any, hidden: Any) -> None:
-        self.seen.append(ctx.forward.past_length)
-
-
 def _accepted_spellings() -> list[str]:
     """Cache keywords the installed Llama forward takes: its own, plus the old one where a deprecation shim
     renames it (from 5.24)."""
@@ -160,7 +143,7 @@ def test_session_counts_cached_steps_whatever_the_caller_calls_the_cache(keyword
 
     model, processor, info = load_tiny("tiny-llama")
     batch = build_batch(info, processor, 2)
-    recorder = _PastLengths()
+    recorder = past_length_recorder()
     with hookkit.attach(model, recorder), torch.no_grad():
         cache = DynamicCache(config=model.config)
         ids, mask = batch["input_ids"], batch["attention_mask"]

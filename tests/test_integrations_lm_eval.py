@@ -7,27 +7,14 @@ Needs ``lm_eval`` (``pip install 'hookkit[lm-eval]'``). Without it the module is
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from conftest import require_optional
 
-
-def _require(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        message = f"{module} is not installed ({exc}); install it with pip install 'hookkit[{extra}]'"
-        if os.environ.get("HOOKKIT_REQUIRE_HARNESS") == "1":
-            pytest.fail(message + " (HOOKKIT_REQUIRE_HARNESS=1 requires it)", pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-
-
-_require("lm_eval", "lm-eval")
+require_optional("lm_eval", "lm-eval", "HOOKKIT_REQUIRE_HARNESS")
 
 import torch  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402

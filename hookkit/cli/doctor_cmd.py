@@ -100,7 +100,7 @@ def parity_checks(model_name: str) -> list[Check]:
             info = hookkit.get_model_info(model)
             batch = _batch(info, processor)
             stock = _generate(model, info, batch)
-            recorder = _past_length_recorder()
+            recorder = past_length_recorder()
             with hookkit.attach(model, [Noop(), recorder]):
                 hooked = _generate(model, info, batch)
         except Exception as exc:  # noqa: BLE001 - a crash is a failed check, reported with its cause
@@ -120,7 +120,7 @@ def parity_checks(model_name: str) -> list[Check]:
     return checks
 
 
-def _past_length_recorder() -> Any:
+def past_length_recorder() -> Any:
     """A read-only intervention recording the ``past_length`` the session computed for every forward."""
     from hookkit.core.intervention import Intervention
     from hookkit.core.sites import Site
