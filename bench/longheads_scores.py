@@ -14,6 +14,11 @@ prompt tokens and decoding select chunks, and any failure is the selection's. Ru
 
 The two middle rules need the needle's position, so they are diagnostics (oracles), not methods.
 
+A natural-text NIAH prompt instead of the passkey (``--niah HAYSTACK/NEEDLE/DEPTH``)::
+
+    python bench/longheads_scores.py --length 16384 --niah pydoc/code/50 --rules defaults,defaults_plus_needle \
+        --tail-selection max_key_bound --new-tokens 16 --out bench/results/longheads_scores_niah16k.json
+
 Long prompts, with the method's own prefill (every prompt token past B selective)::
 
     python bench/longheads_scores.py --length 32768 --trial 1 --rules defaults,defaults_plus_needle \
@@ -63,12 +68,12 @@ class Diagnostic(LongHeads):
         self.rotary = binding.resolved.rotary  # for the raw-key summaries below (a diagnostic, one model per run)
         return binding
 
-    def _select(self, state, row, q_raw, c, score):  # type: ignore[override]
-        top = super()._select(state, row, q_raw, c, score)
-        if score == "max_key":
+    def _select(self, state, row, q_raw, c, score, key_b, n_pad):  # type: ignore[override]
+        top = super()._select(state, row, q_raw, c, score, key_b, n_pad)
+        if score in ("max_key", "max_key_bound"):
             hit = (top == self.needle_chunk).any(-1)  # [G, Qb]
             self.misses.append([int((~hit[:, -1]).sum()), hit.shape[0]])
-        if self.rule == "recent_plus_needle" and score == "max_key":
+        if self.rule == "recent_plus_needle" and score in ("max_key", "max_key_bound"):
             K = state.cfg.K
             ids = sorted({self.needle_chunk, *range(c - K + 3, c - 1)})[-(K - 3):]
             return torch.tensor(ids, device=top.device).view(1, 1, -1).expand(top.shape[0], top.shape[1], -1)
@@ -76,7 +81,8 @@ class Diagnostic(LongHeads):
             others = [x for x in range(1, c - 1) if x != self.needle_chunk][:: max(1, (c - 3) // 12)][:12]
             fixed = torch.tensor(sorted([self.needle_chunk, *others]), device=top.device)
             return fixed.view(1, 1, -1).expand_as(top).clone()
-        if self.rule == "official_plus_needle" or (self.rule == "defaults_plus_needle" and score == "max_key"):
+        if self.rule == "official_plus_needle" or (self.rule == "defaults_plus_needle"
+                                                   and score in ("max_key", "max_key_bound")):
             # the needle's chunk replaces the lowest chunk id where a selection missed it
             missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
             swapped = top.clone()
@@ -113,19 +119,35 @@ def main() -> None:
                    help="LongHeads prefill_selection for LONG_RULES (default: the method's default)")
     p.add_argument("--tail-recent", type=int, default=None,
                    help="LongHeads tail_recent for LONG_RULES (default: the method's default)")
+    p.add_argument("--tail-selection", default=None, help="long rules: max_key | max_key_bound | summary")
+    p.add_argument("--niah", default=None, metavar="HAYSTACK/NEEDLE/DEPTH",
+                   help="a NIAH prompt instead of the passkey, e.g. pydoc/code/50 (hookkit eval niah's builder)")
+    p.add_argument("--new-tokens", type=int, default=7)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     model, tok = hookkit.load("smollm2", dtype="float32")
-    task = PasskeyTask(tok, [args.length], args.trial + 1)
-    prompt = task.build_prompt(task.samples()[args.trial])
+    if args.niah:
+        from hookkit.evals.corpus import HAYSTACKS
+        from hookkit.evals.niah import build_niah_prompt, get_needle
+
+        haystack, needle_name, depth = args.niah.split("/")
+        needle = get_needle(needle_name)
+        prompt = build_niah_prompt(tok, args.length, float(depth), haystack=HAYSTACKS[haystack][0](),
+                                   needle=needle.needle, question=needle.question)
+        answer = needle.answer
+    else:
+        task = PasskeyTask(tok, [args.length], args.trial + 1)
+        prompt = task.build_prompt(task.samples()[args.trial])
+        answer = str(prompt.passkey)
     needle_chunk = prompt.needle_token_span[0] // 256
     rows = []
     for rule in args.rules.split(","):
         if rule not in RULES + LONG_RULES:
             p.error(f"--rules: unknown rule {rule!r}; allowed: {', '.join(RULES + LONG_RULES)}")
         if rule in LONG_RULES:
-            chosen = {"prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent}
+            chosen = {"prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent,
+                      "tail_selection": args.tail_selection}
             iv = Diagnostic(begin_selective=args.begin_selective, **{k: v for k, v in chosen.items() if v is not None})
         else:
             tail = "max_key" if rule == "max_key" else "summary"
@@ -134,10 +156,10 @@ def main() -> None:
         iv.rule, iv.needle_chunk, iv.misses = rule, needle_chunk, []
         t0 = time.perf_counter()
         with hookkit.attach(model, iv):
-            out = greedy_generate(model, prompt.input_ids, 7)
+            out = greedy_generate(model, prompt.input_ids, args.new_tokens)
         text = tok.decode(out.new_ids)
         missed = [m for m, _ in iv.misses]
-        rows.append({"rule": rule, "continuation": text, "correct": str(prompt.passkey) in text,
+        rows.append({"rule": rule, "continuation": text, "correct": answer in text,
                      "seconds": round(time.perf_counter() - t0, 1),
                      # one entry per max-key selection call (layer by layer, prompt tail then decoding): query
                      # heads whose selection for the call's last query missed the needle's chunk
@@ -145,9 +167,10 @@ def main() -> None:
                      "heads_per_call": iv.misses[0][1] if iv.misses else None})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "max_key_heads_missing_needle"}), flush=True)
     result = {"command": " ".join(["python", *sys.argv]), "length": args.length, "trial": args.trial,
-              "passkey": prompt.passkey, "needle_token_span": list(prompt.needle_token_span),
+              "answer": answer, "niah": args.niah, "needle_token_span": list(prompt.needle_token_span),
               "needle_chunk": needle_chunk, "begin_selective": args.begin_selective,
-              "prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent, "torch": torch.__version__,
+              "prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent,
+              "tail_selection": args.tail_selection, "torch": torch.__version__,
               "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
