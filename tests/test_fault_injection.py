@@ -31,27 +31,27 @@ KILLER = textwrap.dedent(
     """
     import os, random, signal, sys
 
-    import hookkit.evals.runner as runner
+    import hookkit.evals.sample_log as sample_log
     from hookkit.cli.main import main
 
     rng = random.Random(int(os.environ["HK_KILL_SEED"]))
     kill_at = int(os.environ["HK_KILL_AT"])  # the k-th durable write dies
     torn = os.environ["HK_KILL_MODE"] == "torn"
-    original = runner.SampleLog.extend
+    original = sample_log.SampleLog.extend
     calls = [0]
 
     def extend(self, records):
         calls[0] += 1
         if calls[0] == kill_at and records:
             if torn:  # a random prefix of the encoded records reaches the file, then the process dies
-                data = b"".join(runner._encode_record(r) for r in records)
+                data = b"".join(sample_log.encode_record(r) for r in records)
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 os.write(fd, data[: rng.randrange(1, len(data))])
                 os.fsync(fd)
             os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup, no flush
         return original(self, records)
 
-    runner.SampleLog.extend = extend
+    sample_log.SampleLog.extend = extend
     sys.exit(main(sys.argv[1:]))
     """
 )
