@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from hookkit.errors import HookkitError
-from hookkit.evals.chair.vocab import DOUBLE_WORDS, CaptionObjects, ChairVocab, default_vocab
+from hookkit.evals.chair.vocab import CaptionObjects, ChairVocab, default_vocab, merge_double_words
 
 #: What :class:`ReferenceExtractor` reproduces (recorded in results).
 REFERENCE_SOURCE = (
@@ -598,18 +598,7 @@ class ReferenceExtractor:
         """
         vocab = vocab if vocab is not None else default_vocab()
         words = self.normalize(caption)
-        merged: list[str] = []
-        starts: list[int] = []
-        i = 0
-        while i < len(words):
-            starts.append(i)
-            pair = " ".join(words[i : i + 2])
-            if pair in DOUBLE_WORDS:
-                merged.append(DOUBLE_WORDS[pair])
-                i += 2
-            else:
-                merged.append(words[i])
-                i += 1
+        merged, starts = merge_double_words(words)
         kept = merged
         if "toilet" in merged and "seat" in merged:
             kept = [word for word in merged if word != "seat"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,6 +94,26 @@ def _build_double_words() -> dict[str, str]:
 
 #: Bigram -> merged word (§2.2 step 3).
 DOUBLE_WORDS: Mapping[str, str] = _build_double_words()
+
+
+def merge_double_words(words: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Merge two-word objects left to right as the published ``caption_to_words`` does (``"hot dog"`` → one word).
+
+    Returns the merged words and, for each, the index of its first word in ``words``.
+    """
+    merged: list[str] = []
+    starts: list[int] = []
+    i = 0
+    while i < len(words):
+        starts.append(i)
+        pair = " ".join(words[i : i + 2])
+        if pair in DOUBLE_WORDS:
+            merged.append(DOUBLE_WORDS[pair])
+            i += 2
+        else:
+            merged.append(words[i])
+            i += 1
+    return merged, starts
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from hookkit.evals.chair.vocab import DOUBLE_WORDS, CaptionObjects, ChairVocab, default_vocab
+from hookkit.evals.chair.vocab import CaptionObjects, ChairVocab, default_vocab, merge_double_words
 
 #: Name of the singularisation variant, recorded with every result (§2.2 step 2: "record which").
 SINGULARIZER = "inflect"
@@ -114,19 +114,7 @@ def caption_to_objects(caption: str, vocab: ChairVocab | None = None) -> Caption
     vocab = vocab if vocab is not None else default_vocab()
     tokens = tokenize(caption.lower())
     singular = [token if token in vocab.objects else singularize(token) for token in tokens]
-
-    merged: list[str] = []
-    starts: list[int] = []
-    i = 0
-    while i < len(singular):
-        starts.append(i)
-        pair = " ".join(singular[i : i + 2])
-        if pair in DOUBLE_WORDS:
-            merged.append(DOUBLE_WORDS[pair])
-            i += 2
-        else:
-            merged.append(singular[i])
-            i += 1
+    merged, starts = merge_double_words(singular)
 
     kept = list(zip(merged, starts))
     # "toilet seat is not chair": sentences like "the seat of the toilet" must not fire for chair.
