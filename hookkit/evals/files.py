@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from hookkit.io import file_sha256
 from hookkit.io import load_image as _load_image
 
 
@@ -71,15 +72,6 @@ def sha256_of(obj: Any) -> str:
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of a string's UTF-8 bytes (used for prompt / chat templates, as lm-eval does)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_file_entry(

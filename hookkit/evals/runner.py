@@ -76,12 +76,11 @@ from hookkit.evals.results import (
     task_hash,
     validate_results,
 )
-from hookkit.evals.sample_log import SampleLog, dedup_records, encode_record, is_error_record, read_jsonl
+from hookkit.evals.sample_log import Record, SampleLog, dedup_records, encode_record, is_error_record, read_jsonl
 
 logger = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
-Record = dict[str, Any]
 PredictFn = Callable[[list[Sample]], list[Record]]
 
 __all__ = [

@@ -178,6 +178,14 @@ class LongHeadsState:
         cos, sin = cos.to(acc).unsqueeze(-2), sin.to(acc).unsqueeze(-2)
         return (k * cos - rotate_half(k) * sin).to(keys.dtype)  # R(-θ)·k
 
+    def count_block(self, queries: int, chunks: int) -> None:
+        """Diagnostics: one selective block of ``queries`` queries that read ``chunks`` chunks."""
+        st = self.stats
+        st["blocks"] += 1
+        st["queries"] += queries
+        st["chunks_sum"] += chunks
+        st["chunks_max"] = max(st["chunks_max"], chunks)
+
     def rotation(self, dtype: torch.dtype) -> torch.Tensor:
         """``[D, K*D]``: the matrices of R(d·w), d = 0..K-1, side by side (``x @ M_d == R(d·w)·x``)."""
         if dtype not in self.rotations:
@@ -694,17 +702,13 @@ class LongHeads(Intervention):
         wc = torch.exp(lse_c - top)
         merged = torch.einsum("gur,gurd->grd", wp, out_p.view(G, U, R, D).to(acc))
         merged = (merged + wc[..., None] * out_c.view(G, R, D).to(acc)) / (wp.sum(dim=1) + wc)[..., None]
-        st = state.stats
-        st["blocks"] += 1
-        st["queries"] += Qb
-        st["chunks_sum"] += U + 1
-        st["chunks_max"] = max(st["chunks_max"], U + 1)
+        state.count_block(Qb, U + 1)
         if state.count_pairs:  # distinct (chunk, displacement) pairs: diagnostics only (a sort per block)
+            st = state.stats
             n_pairs = 1 + _distinct_per_row(dq)
             st["pairs_sum"] += n_pairs
             st["pairs_max"] = max(st["pairs_max"], n_pairs)
         return merged.to(q_loc.dtype).view(G, r, Qb, D).reshape(H, Qb, D).transpose(0, 1)
-
 
     def _attend_one(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
                     offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
@@ -737,8 +741,7 @@ class LongHeads(Intervention):
         d = (K - 1) - torch.arange(n_far, device=dev)
         angles = torch.cat([(far + d) * w, far.new_full((G, 1), c * w)], dim=1) + row.pos0  # [G, n_far + 1]
         cos, sin = state.rope_at(angles)  # fp32; the last column is the angle of the window and current chunk
-        q = q_loc.reshape(G, 1, r, D).to(acc)
-        qv = q * cos[:, :, None].to(acc) + rotate_half(q) * sin[:, :, None].to(acc)  # [G, n_far + 1, r, D]
+        qv = apply_rope(q_loc.reshape(G, 1, r, D).to(acc), cos[:, :, None].to(acc), sin[:, :, None].to(acc))
         kv_of_group = torch.arange(G, device=dev) // (G // Hkv)
         pos = far[:, :, None] * w + torch.arange(w, device=dev)  # [G, n_far, w]
         flat = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
@@ -755,11 +758,7 @@ class LongHeads(Intervention):
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs[..., : n_far * w], vals)  # [G, r, D]
         out = out + torch.matmul(probs[..., n_far * w:].reshape(Hkv, (G // Hkv) * r, hi - lo), v_win).view(G, r, D)
-        st = state.stats
-        st["blocks"] += 1
-        st["queries"] += 1
-        st["chunks_sum"] += K
-        st["chunks_max"] = max(st["chunks_max"], K)
+        state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
 
 

