@@ -3,6 +3,8 @@
     python bench/longcontext.py passkey --methods longheads,ntk --lengths 16k,32k --trials 10
     python bench/longcontext.py passkey --methods stock,ntk,longheads --lengths 4k,8k --trials 10
     python bench/longcontext.py niah --methods stock,ntk,longheads --lengths 4k,8k --haystack pydoc --needle code
+    python bench/longcontext.py niah --methods ntk,longheads-bound --lengths 16k --haystack kjv --needle city \
+        --vary-start --depths 10,50,90 --trials 4                           # 12 trials, own haystack start each
     python bench/longcontext.py longppl --methods stock,ntk,longheads --max-tokens 32k --excerpts 4
     python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill, decode tok/s, peak memory
     python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
@@ -142,8 +144,10 @@ def phase_niah(args: argparse.Namespace) -> None:
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
         for length in args.lengths:
-            task = NiahTask(tok, [length], args.depths, haystack=args.haystack, needle=args.needle)
-            out = RUNS / "niah" / f"{args.haystack}-{args.needle}" / method / f"len{length}"
+            task = NiahTask(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
+                            trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
+            suffix = "-varied" if args.vary_start else ""
+            out = RUNS / "niah" / f"{args.haystack}-{args.needle}{suffix}" / method / f"len{length}"
             res = run_task(task, model, info, method, out, limit=args.limit)
             cell = res["results"]["niah"]["per_length,none"][str(length)]
             print(f"niah {args.haystack}/{args.needle} {method:>9} {length:>6}: substring "
@@ -163,11 +167,15 @@ def _collect_niah() -> None:
         results = json.loads((folder / "results_niah.json").read_text()) if (folder / "results_niah.json").exists() \
             else None
         records, _, _ = read_jsonl(samples)
-        haystack, needle = folder.parent.parent.name.split("-", 1)
+        name = folder.parent.parent.name
+        varied = name.endswith("-varied")
+        haystack, needle = name.removesuffix("-varied").split("-", 1)
         runs.append({"haystack": haystack, "needle": needle, "method": folder.parent.name,
+                     "haystack_start": "seeded per trial" if varied else "beginning (§6.1)",
                      "length": int(folder.name[3:]),
                      "recipe_hash": ((results or {}).get("intervention") or {}).get("recipe_hash"),
                      "records": [{k: r.get(k) for k in ("sample_id", "depth_percent", "actual_depth_percent",
+                                                        "haystack_start",
                                                         "n_tokens", "response", "score", "substring", "prefill_s",
                                                         "decode_tok_s", "peak_rss_bytes")} for r in records]})
     _write(NIAH_FILE, {"runs": runs, "machine": machine()})
@@ -233,11 +241,16 @@ def _measure(args: argparse.Namespace) -> None:
     if session is not None:
         session.detach()
     steps = len(timing.new_ids) - 1  # the first new token comes from the prefill
+    from hookkit.evals.memory import peak_memory_stats
+
     print(json.dumps({"method": args.method, "length": args.length[0], "prefill_s": timing.prefill_s,
                       "decode_tokens": steps, "decode_s": timing.decode_s,
                       "decode_tok_s": steps / timing.decode_s if steps and timing.decode_s > 0 else None,
                       "peak_rss_bytes": timing.peak_rss_bytes, "baseline_rss_bytes": base,
-                      "peak_increase_bytes": (timing.peak_rss_bytes or 0) - (base or 0)}), flush=True)
+                      "peak_increase_bytes": (timing.peak_rss_bytes or 0) - (base or 0),
+                      # the kernel's high-water mark of this fresh process (model load included), unsampled
+                      "max_rss_bytes": peak_memory_stats()["cpu_max_rss_bytes"],
+                      "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}), flush=True)
 
 
 def phase_cost(args: argparse.Namespace) -> None:
@@ -257,7 +270,13 @@ def phase_cost(args: argparse.Namespace) -> None:
                 cmd = [sys.executable, __file__, "_measure", "--method", method, "--length", str(length),
                        "--threads", str(args.threads), "--dtype", args.dtype,
                        "--decode-tokens", str(args.decode_tokens)]
-                res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=True)
+                env = {**os.environ}
+                if args.mmap_threshold:
+                    # glibc raises its mmap threshold after large frees, so later big tensors come from the heap and
+                    # their pages stay resident: RSS then depends on allocation history, not on what is alive. A
+                    # fixed threshold returns every large tensor to the OS on free, for every method alike.
+                    env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 row["repetition"] = rep
                 rows.append(row)
@@ -265,7 +284,8 @@ def phase_cost(args: argparse.Namespace) -> None:
                       f"{row.get('decode_tok_s') or 0:.2f} tok/s, peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB "
                       f"(+{row['peak_increase_bytes'] / 1e9:.2f})", flush=True)
                 _write(cost_file, {"runs": rows, "machine": machine(), "threads": args.threads, "dtype": args.dtype,
-                                   "decode_tokens": args.decode_tokens, "command": " ".join(sys.argv)})
+                                   "decode_tokens": args.decode_tokens, "mmap_threshold": args.mmap_threshold,
+                                   "command": " ".join(sys.argv)})
 
 
 def phase_pairs(args: argparse.Namespace) -> None:
@@ -462,6 +482,9 @@ def main() -> None:
     p.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")],
                    default=[0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
                    help="niah: needle depths in percent, one trial each (default 0,10,...,100)")
+    p.add_argument("--vary-start", action="store_true",
+                   help="niah: --trials per depth, each from its own seeded haystack line (default: one trial per "
+                        "depth from the haystack's beginning, §6.1)")
     p.add_argument("--limit", type=int, default=None, help="run only the first N trials now (resume adds the rest)")
     p.add_argument("--max-tokens", type=int_list, default=[32768])
     p.add_argument("--window", type=int, default=2048)
@@ -471,6 +494,8 @@ def main() -> None:
                    help="longppl: truncated-context reference, each window from at most N tokens ending with it")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode-tokens", type=int, default=16, help="cost: greedy steps timed after the prefill")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="cost: set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the measuring processes (0: leave as is)")
     p.add_argument("--cost-file", default=None, help=f"cost: results file (default {COST_FILE.name})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on this shared 2-core machine 2 threads were slower)")

@@ -174,6 +174,50 @@ def test_pydoc_haystack_is_python_documentation_and_recorded() -> None:
         NiahTask(tok, [64], [50], needle="sandwhich")
 
 
+def test_niah_vary_start_gives_each_trial_its_own_seeded_haystack_line(tmp_path: Path) -> None:
+    from hookkit.evals.niah.build import haystack_start, rotate_haystack
+
+    lines = [f"line {w} the man is sitting in the room . the dog is eating the food ." for w in
+             ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    haystack = "\n".join(lines * 6) + "\n"
+    assert haystack_start(haystack, "a") == haystack_start(haystack, "a")  # seeded
+    starts = {haystack_start(haystack, f"0:90:50:{k}") for k in range(20)}
+    assert len(starts) > 5 and all(s == 0 or haystack[s - 1] == "\n" for s in starts)  # line starts, varied
+    assert rotate_haystack("abcdef", 2) == "cdefab"
+    with pytest.raises(ValueError, match="start must lie in"):
+        rotate_haystack("abc", 3)
+
+    model, tok = tiny()
+    with pytest.raises(ValueError, match="add|vary_start=True"):
+        NiahTask(tok, [90], [50], haystack=haystack, trials=2)
+    with pytest.raises(ValueError, match="positive integer"):
+        NiahTask(tok, [90], [50], haystack=haystack, trials=0, vary_start=True)
+    task = NiahTask(tok, [90], [0, 50], haystack=haystack, haystack_name="toy.txt", max_new_tokens=2, trials=3,
+                    vary_start=True)
+    task.model = model
+    samples = task.samples()
+    assert [s["sample_id"] for s in samples] == [f"len90-depth{d}-trial{k}" for d in (0, 50) for k in range(3)]
+    assert len({s["haystack_start"] for s in samples}) > 1
+    # Same prompts for every method: a second task gives the same samples.
+    again = NiahTask(tok, [90], [0, 50], haystack=haystack, trials=3, vary_start=True).samples()
+    assert again == samples
+    evaluate(task, output_dir=tmp_path, model_info=INFO, progress=False)
+    recs, _, _ = read_jsonl(tmp_path / "samples_niah.jsonl")
+    assert [r["haystack_start"] for r in recs] == [s["haystack_start"] for s in samples]
+    assert all(r["n_tokens"] == 90 for r in recs)
+    # Different starts give different prompts (more than the 2 a fixed start gives); the §6.1 default (start 0)
+    # keeps the old sample ids.
+    assert len({r["prompt_sha256"] for r in recs}) > 2
+    assert [s["sample_id"] for s in NiahTask(tok, [90], [0], haystack=haystack).samples()] == ["len90-depth0"]
+
+
+def test_eval_niah_cli_refuses_repeated_trials_without_vary_start(tmp_path: Path, capsys) -> None:
+    rc = main(["eval", "niah", "--model", "tiny-llama", "--lengths", "64", "--depths", "50", "--trials", "2",
+               "--output-path", str(tmp_path / "o")])
+    assert rc != 0
+    assert "--trials" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------------------------------------- long ppl
 def test_window_nll_equals_full_logits_cross_entropy() -> None:
     model, _ = tiny()
@@ -300,9 +344,12 @@ def test_cli_niah_and_longppl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "n" / "niah_heatmap_rouge.png").exists()
     assert main(["eval", "niah", "--model", "tiny-llama", "--dtype", "float32", "--lengths", "120", "--depths", "50",
                  "--haystack", "pydoc", "--needle", "code", "--max-new-tokens", "2", "--no-heatmap",
-                 "--output-path", str(tmp_path / "c"), "--no-progress"]) == 0
+                 "--trials", "2", "--vary-start", "--output-path", str(tmp_path / "c"), "--no-progress"]) == 0
     config = json.loads((tmp_path / "c" / "results_niah.json").read_text())["configs"]["niah"]
-    assert config["haystack"] == "pydoc" and config["needle_preset"] == "code"
+    assert config["haystack"] == "pydoc" and config["needle_preset"] == "code" and config["trials_per_cell"] == 2
+    assert config["haystack_start"].startswith("seeded line per trial (seed '1234:")
+    recs = read_jsonl(tmp_path / "c" / "samples_niah.jsonl")[0]
+    assert [r["sample_id"] for r in recs] == ["len120-depth50-trial0", "len120-depth50-trial1"]
     assert main(["eval", "longppl", "--model", "tiny-llama", "--dtype", "float32", "--text", str(hay),
                  "--max-tokens", "100", "--window", "50", "--output-path", str(tmp_path / "p"),
                  "--no-progress"]) == 0

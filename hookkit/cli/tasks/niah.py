@@ -33,6 +33,12 @@ def add_niah_arguments(p: argparse.ArgumentParser) -> None:
                    help="needle phrasing (default sandwich, §6.2; the others vary what is retrieved and how it is asked)")
     g.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS,
                    help=f"greedy budget (default {NIAH_MAX_NEW_TOKENS}, §6.2)")
+    g.add_argument("--trials", type=int, default=1, metavar="K",
+                   help="trials per (length, depth) cell, each from its own seeded haystack start; needs --vary-start "
+                        "when K > 1 (default 1)")
+    g.add_argument("--vary-start", action="store_true",
+                   help="start each trial's haystack at a seeded line instead of its beginning (§6.1 default), so "
+                        "the trials of one length do not all end the context at the same haystack token")
     g.add_argument("--no-heatmap", action="store_true", help="do not draw the heatmap PNGs")
     add_runner_args(p)
 
@@ -58,6 +64,10 @@ def run_niah(args: argparse.Namespace) -> int:
     for d in args.depths:
         if not 0.0 <= d <= 100.0:
             raise ConfigError("--depths", f"depth {d} is not a percentage in [0, 100]")
+    if args.trials < 1:
+        raise ConfigError("--trials", f"{args.trials} is not a positive number of trials per cell")
+    if args.trials > 1 and not args.vary_start:
+        raise ConfigError("--trials", "more than one trial per cell repeats the same prompt; add --vary-start")
     haystack = args.haystack
     if haystack not in HAYSTACKS:
         try:
@@ -67,7 +77,8 @@ def run_niah(args: argparse.Namespace) -> int:
 
     def make_task(tokenizer: Any) -> NiahTask:
         return NiahTask(tokenizer, args.lengths, args.depths, haystack=haystack, haystack_name=args.haystack,
-                        needle=args.needle, max_new_tokens=args.max_new_tokens)
+                        needle=args.needle, max_new_tokens=args.max_new_tokens, trials=args.trials,
+                        vary_start=args.vary_start, trial_seed=args.seed)
 
     def after(task: Any, out: Path) -> list[str]:
         if args.no_heatmap:

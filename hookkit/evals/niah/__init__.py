@@ -22,6 +22,7 @@ from hookkit.evals.niah.build import (  # noqa: F401
     get_needle,
     gkamradt_context_lengths,
     gkamradt_depth_percents,
+    haystack_start,
     hf_context_lengths,
     hf_depth_percents,
     insert_needle_tokens,
@@ -32,6 +33,7 @@ from hookkit.evals.niah.build import (  # noqa: F401
     niah_result_filename,
     period_token_ids,
     plot_niah_heatmap,
+    rotate_haystack,
     rouge1_x10,
     substring_score,
 )

@@ -332,6 +332,29 @@ def build_niah_prompt(
     )
 
 
+def haystack_start(haystack: str, seed: str | int) -> int:
+    """A seeded character offset at which a trial's haystack begins: the start of a line, uniform over lines.
+
+    §6.1 always reads the haystack from its beginning, so every trial of one length ends the context at the same
+    haystack token: a model that continues the text it stopped in (rather than answering) then fails the whole
+    row for one reason. Starting each trial at its own line decorrelates the trials. The same seed gives the same
+    offset (``random.Random`` with a string seed is stable across runs and platforms).
+    """
+    import random
+
+    starts = [0] + [m.end() for m in re.finditer(r"\n(?=\S)", haystack)]
+    starts = [s for s in starts if s < len(haystack)]
+    return starts[random.Random(str(seed)).randrange(len(starts))]
+
+
+def rotate_haystack(haystack: str, start: int) -> str:
+    """The haystack read from character ``start`` on and wrapped around to its beginning (it is repeated end to
+    end anyway when a context needs more tokens than it has)."""
+    if not 0 <= start < max(len(haystack), 1):
+        raise ValueError(f"start must lie in [0, {len(haystack)}), got {start}")
+    return haystack[start:] + haystack[:start]
+
+
 # --- grids ------------------------------------------------------------------------------------------------------
 def linspace_int(start: float, stop: float, num: int) -> list[int]:
     """``np.round(np.linspace(start, stop, num, endpoint=True)).astype(int)`` as a list (§6.1/§6.2 grids)."""

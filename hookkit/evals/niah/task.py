@@ -28,7 +28,9 @@ from hookkit.evals.niah.build import (
     PROMPT_TEMPLATE,
     build_niah_prompt,
     get_needle,
+    haystack_start,
     plot_niah_heatmap,
+    rotate_haystack,
     rouge1_x10,
     substring_score,
 )
@@ -53,6 +55,11 @@ class NiahTask(EvalTask):
         haystack_name: how a haystack given as text is named in ``data_files``.
         needle: a needle phrasing (:data:`hookkit.evals.niah.NIAH_NEEDLES`; default ``sandwich``, §6.2).
         max_new_tokens: greedy budget (§6.2: 50).
+        trials: trials per (length, depth) cell (default 1, as in §6.1/§6.2).
+        vary_start: start each trial's haystack at its own seeded line (:func:`haystack_start`, seed
+            ``"{trial_seed}:{length}:{depth}:{trial}"``) instead of at the beginning (§6.1, the default). Every
+            method sees the same prompts either way.
+        trial_seed: the seed prefix for ``vary_start``.
     """
 
     name = "niah"
@@ -60,9 +67,14 @@ class NiahTask(EvalTask):
 
     def __init__(self, tokenizer: Any, lengths: Sequence[int], depths: Sequence[float], *,
                  haystack: str | None = None, haystack_name: str | None = None, needle: str = "sandwich",
-                 max_new_tokens: int = NIAH_MAX_NEW_TOKENS) -> None:
+                 max_new_tokens: int = NIAH_MAX_NEW_TOKENS, trials: int = 1, vary_start: bool = False,
+                 trial_seed: int = 0) -> None:
         if not lengths or not depths:
             raise ValueError("lengths and depths must not be empty")
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise ValueError(f"trials must be a positive integer, got {trials!r}")
+        if trials > 1 and not vary_start:
+            raise ValueError("trials > 1 repeats the same prompt unless vary_start=True; set vary_start=True")
         for d in depths:
             if not 0 <= d <= 100:
                 raise ValueError(f"depth percents must lie in [0, 100], got {d}")
@@ -79,12 +91,17 @@ class NiahTask(EvalTask):
         self.needle_name = needle
         self.needle = get_needle(needle)
         self.max_new_tokens = int(max_new_tokens)
+        self.trials, self.vary_start, self.trial_seed = trials, bool(vary_start), int(trial_seed)
         self.model: Any = None
 
     def samples(self) -> list[Sample]:
-        """One sample per cell, lengths outer and depths inner (the §6.1 loop order)."""
-        return [{"sample_id": f"len{n}-depth{d:g}", "context_length": n, "depth_percent": d}
-                for n in self.lengths for d in self.depths]
+        """``trials`` samples per cell, lengths outer and depths inner (the §6.1 loop order)."""
+        if not self.vary_start:
+            return [{"sample_id": f"len{n}-depth{d:g}", "context_length": n, "depth_percent": d, "haystack_start": 0}
+                    for n in self.lengths for d in self.depths]
+        return [{"sample_id": f"len{n}-depth{d:g}-trial{k}", "context_length": n, "depth_percent": d,
+                 "haystack_start": haystack_start(self.haystack, f"{self.trial_seed}:{n}:{d:g}:{k}")}
+                for n in self.lengths for d in self.depths for k in range(self.trials)]
 
     def predict(self, batch: list[Sample]) -> list[Record]:
         if self.model is None:
@@ -93,8 +110,10 @@ class NiahTask(EvalTask):
 
     def predict_one(self, sample: Sample) -> Record:
         try:
+            start = int(sample.get("haystack_start", 0))
             prompt = build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
-                                       haystack=self.haystack, needle=self.needle.needle,
+                                       haystack=rotate_haystack(self.haystack, start) if start else self.haystack,
+                                       needle=self.needle.needle,
                                        question=self.needle.question)
         except (ValueError, RuntimeError) as exc:
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
@@ -106,6 +125,7 @@ class NiahTask(EvalTask):
             "sample_id": sample["sample_id"],
             "context_length": int(sample["context_length"]),
             "depth_percent": float(sample["depth_percent"]),
+            "haystack_start": start,
             "n_tokens": prompt.n_tokens,
             "exact_length": prompt.exact,
             "actual_depth_percent": prompt.actual_depth_percent,
@@ -150,6 +170,9 @@ class NiahTask(EvalTask):
             "substring_answer": self.needle.answer,
             "lengths": self.lengths,
             "depth_percents": self.depths,
+            "trials_per_cell": self.trials,
+            "haystack_start": (f"seeded line per trial (seed '{self.trial_seed}:length:depth:trial')"
+                               if self.vary_start else "beginning of the haystack (§6.1)"),
             "length_counts": "whole prompt (template + context + question), tokenised as the model sees it",
             "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "skip_special_tokens": True},
             "scorers": ["rouge1_x10 (rouge-score rouge1 F, use_stemmer=True, x10)", "substring (key phrase)"],
