@@ -48,7 +48,7 @@ COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
 NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
-           "longheads-bound")
+           "longheads-bound", "longheads-recent", "stock-cut")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -63,7 +63,13 @@ LONGHEADS_PARAMS = {
     "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0},
     "longheads-bound": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                         "tail_recent": 8},
+    # Diagnosis: no scored chunk anywhere (chunk 0 + the last K-1 chunks for every token: a sink + sliding window).
+    "longheads-recent": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                         "tail_recent": 13},
 }
+#: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
+#: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).
+CUT_HEAD, CUT_KEEP = 256, 4096
 MODEL = "smollm2"
 
 
@@ -140,12 +146,18 @@ def phase_niah(args: argparse.Namespace) -> None:
     trial per depth), every method on the same prompts; all runs collected into ``NIAH_FILE``."""
     from hookkit.evals.niah.task import NiahTask
 
+    class CutNiahTask(NiahTask):
+        def model_input_ids(self, prompt: Any) -> Any:
+            ids = prompt.input_ids
+            return ids if len(ids) <= CUT_KEEP else ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
+
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
         for length in args.lengths:
-            task = NiahTask(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
-                            trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
+            task_class = CutNiahTask if method == "stock-cut" else NiahTask
+            task = task_class(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
+                              trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
             suffix = "-varied" if args.vary_start else ""
             out = RUNS / "niah" / f"{args.haystack}-{args.needle}{suffix}" / method / f"len{length}"
             res = run_task(task, model, info, method, out, limit=args.limit)
@@ -176,7 +188,7 @@ def _collect_niah() -> None:
                      "recipe_hash": ((results or {}).get("intervention") or {}).get("recipe_hash"),
                      "records": [{k: r.get(k) for k in ("sample_id", "depth_percent", "actual_depth_percent",
                                                         "haystack_start",
-                                                        "n_tokens", "response", "score", "substring", "prefill_s",
+                                                        "n_tokens", "model_tokens", "response", "score", "substring", "prefill_s",
                                                         "decode_tok_s", "peak_rss_bytes")} for r in records]})
     _write(NIAH_FILE, {"runs": runs, "machine": machine()})
 

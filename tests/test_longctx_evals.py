@@ -204,11 +204,26 @@ def test_niah_vary_start_gives_each_trial_its_own_seeded_haystack_line(tmp_path:
     evaluate(task, output_dir=tmp_path, model_info=INFO, progress=False)
     recs, _, _ = read_jsonl(tmp_path / "samples_niah.jsonl")
     assert [r["haystack_start"] for r in recs] == [s["haystack_start"] for s in samples]
-    assert all(r["n_tokens"] == 90 for r in recs)
+    assert all(r["n_tokens"] == r["model_tokens"] == 90 for r in recs)
     # Different starts give different prompts (more than the 2 a fixed start gives); the §6.1 default (start 0)
     # keeps the old sample ids.
     assert len({r["prompt_sha256"] for r in recs}) > 2
     assert [s["sample_id"] for s in NiahTask(tok, [90], [0], haystack=haystack).samples()] == ["len90-depth0"]
+
+
+def test_niah_subclass_can_transform_the_model_ids(tmp_path: Path) -> None:
+    """A truncation baseline (bench ``stock-cut``) gives the model fewer ids than the prompt; the record says so."""
+
+    class Cut(NiahTask):
+        def model_input_ids(self, prompt):
+            return prompt.input_ids[:10] + prompt.input_ids[-30:]
+
+    model, tok = tiny()
+    task = Cut(tok, [90], [100], haystack="the man is sitting in the room . " * 40, max_new_tokens=3)
+    task.model = model
+    evaluate(task, output_dir=tmp_path, model_info=INFO, progress=False)
+    rec = read_jsonl(tmp_path / "samples_niah.jsonl")[0][0]
+    assert rec["n_tokens"] == 90 and rec["model_tokens"] == 40
 
 
 def test_eval_niah_cli_refuses_repeated_trials_without_vary_start(tmp_path: Path, capsys) -> None:

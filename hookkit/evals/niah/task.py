@@ -26,6 +26,7 @@ from hookkit.evals.corpus import HAYSTACKS, KJV_RESOURCE, KJV_SHA256, corpus_sha
 from hookkit.evals.decoding import eos_ids, greedy_generate
 from hookkit.evals.niah.build import (
     PROMPT_TEMPLATE,
+    NiahPrompt,
     build_niah_prompt,
     get_needle,
     haystack_start,
@@ -117,7 +118,8 @@ class NiahTask(EvalTask):
                                        question=self.needle.question)
         except (ValueError, RuntimeError) as exc:
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
-        timing = greedy_generate(self.model, prompt.input_ids, self.max_new_tokens,
+        ids = self.model_input_ids(prompt)
+        timing = greedy_generate(self.model, ids, self.max_new_tokens,
                                  eos_ids(self.tokenizer, self.model))
         response = self.tokenizer.decode(timing.new_ids, skip_special_tokens=True).strip()
         rec = prompt.to_record()
@@ -127,6 +129,7 @@ class NiahTask(EvalTask):
             "depth_percent": float(sample["depth_percent"]),
             "haystack_start": start,
             "n_tokens": prompt.n_tokens,
+            "model_tokens": len(ids),
             "exact_length": prompt.exact,
             "actual_depth_percent": prompt.actual_depth_percent,
             "needle_token_span": rec["needle_token_span"],
@@ -136,6 +139,11 @@ class NiahTask(EvalTask):
             "substring": substring_score(response, self.needle.answer),
             **timing.record_fields(),
         }
+
+    def model_input_ids(self, prompt: NiahPrompt) -> Sequence[int]:
+        """The ids the model is given for ``prompt`` (its ``input_ids``). Subclasses can transform them, e.g. a
+        truncation baseline that drops the middle of the context."""
+        return prompt.input_ids
 
     def aggregate(self, records: list[Record]) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
