@@ -90,6 +90,8 @@ GQA_CHOICES = ("query_head", "kv_head")
 PREFILL_CHOICES = ("token", "block", "recent")
 TAIL_CHOICES = ("max_key", "max_key_bound", "summary")
 DEFAULT_ATTEN_LENGTH = 4096
+#: Chunks whose max-key scores are computed together (bounds the transient memory of a scoring step).
+MAX_KEY_GROUP = 8
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -595,11 +597,17 @@ class LongHeads(Intervention):
         q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
         q_rot = apply_rope(q, cos.to(acc), sin.to(acc))  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
         q_rot = q_rot.reshape(Hkv, r * Qb, w, D)
-        cached = key_b[:, n_pad + w:n_pad + (c - 1) * w].reshape(Hkv, c - 2, w, D)
-        chunks = torch.arange(1, c - 1, device=key_b.device)
-        keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
-        logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, c-2, w]
-        return logits.amax(dim=-1).view(H, Qb, c - 2)
+        scores = q_rot.new_empty(Hkv, r * Qb, c - 2)
+        # A few chunks at a time: the derived keys and the [queries x w] logits of one group stay small, so the
+        # scores add no context-sized buffer to the peak memory (the maximum is per chunk, so grouping is exact).
+        for lo in range(1, c - 1, MAX_KEY_GROUP):
+            hi = min(lo + MAX_KEY_GROUP, c - 1)
+            cached = key_b[:, n_pad + lo * w:n_pad + hi * w].reshape(Hkv, hi - lo, w, D)
+            chunks = torch.arange(lo, hi, device=key_b.device)
+            keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
+            logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, hi-lo, w]
+            scores[..., lo - 1:hi - 1] = logits.amax(dim=-1)
+        return scores.view(H, Qb, c - 2)
 
     def _bound_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
         """``[H, Qb, c−2]``: for chunks 1..c−2, ``Σ_d max(q_d·kmax_d, q_d·kmin_d)`` over the chunk's per-dimension
