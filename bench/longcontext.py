@@ -48,7 +48,7 @@ COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
 NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
-           "longheads-bound", "longheads-recent", "stock-cut")
+           "longheads-bound", "longheads-recent", "stock-cut", "stock-cut-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -69,6 +69,8 @@ LONGHEADS_PARAMS = {
 }
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
 #: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).
+#: ``stock-cut-needle``: the same budget, but one 256-token span around the needle replaces as many tokens of the
+#: recent part (an oracle of perfect chunk selection with full attention, inside the trained length).
 CUT_HEAD, CUT_KEEP = 256, 4096
 MODEL = "smollm2"
 
@@ -147,15 +149,27 @@ def phase_niah(args: argparse.Namespace) -> None:
     from hookkit.evals.niah.task import NiahTask
 
     class CutNiahTask(NiahTask):
+        keep_needle = False
+
         def model_input_ids(self, prompt: Any) -> Any:
             ids = prompt.input_ids
-            return ids if len(ids) <= CUT_KEEP else ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
+            if len(ids) <= CUT_KEEP:
+                return ids
+            if not self.keep_needle or prompt.needle_token_span is None:
+                return ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
+            tail = CUT_KEEP - 2 * CUT_HEAD
+            lo, hi = prompt.needle_token_span
+            mid = min(max(CUT_HEAD, lo - (CUT_HEAD - (hi - lo)) // 2), len(ids) - tail - CUT_HEAD)
+            return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - tail:]
+
+    class CutNeedleNiahTask(CutNiahTask):
+        keep_needle = True
 
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
         for length in args.lengths:
-            task_class = CutNiahTask if method == "stock-cut" else NiahTask
+            task_class = {"stock-cut": CutNiahTask, "stock-cut-needle": CutNeedleNiahTask}.get(method, NiahTask)
             task = task_class(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
                               trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
             suffix = "-varied" if args.vary_start else ""

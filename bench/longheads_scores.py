@@ -53,7 +53,10 @@ from hookkit.methods.longheads import LongHeads, apply_rope  # noqa: E402
 RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summaries", "max_key")
 # Rules for long prompts, run with the method's own prefill (``--begin-selective`` unset): hookkit's defaults, and
 # the defaults with the needle's chunk forced into the exact tail's and decoding's selections where a head missed it.
-LONG_RULES = ("defaults", "defaults_plus_needle", "recent_plus_needle")
+# ``everywhere_plus_needle``: the needle's chunk also replaces the oldest chunk of every prompt token's selection once
+# it is complete, so the whole recent part of the prompt sees it (as a stock model does on a short prompt made of
+# the first chunk, the needle's span and the recent tokens: ``bench/longcontext.py niah --methods stock-cut-needle``).
+LONG_RULES = ("defaults", "defaults_plus_needle", "recent_plus_needle", "everywhere_plus_needle")
 
 
 class Diagnostic(LongHeads):
@@ -81,8 +84,10 @@ class Diagnostic(LongHeads):
             others = [x for x in range(1, c - 1) if x != self.needle_chunk][:: max(1, (c - 3) // 12)][:12]
             fixed = torch.tensor(sorted([self.needle_chunk, *others]), device=top.device)
             return fixed.view(1, 1, -1).expand_as(top).clone()
-        if self.rule == "official_plus_needle" or (self.rule == "defaults_plus_needle"
-                                                   and score in ("max_key", "max_key_bound")):
+        if self.rule == "everywhere_plus_needle" and self.needle_chunk < c - 1:
+            top = top.clone()  # the "recent" rule returns an expanded view
+        if self.rule == "official_plus_needle" or self.rule == "everywhere_plus_needle" and self.needle_chunk < c - 1 \
+                or (self.rule == "defaults_plus_needle" and score in ("max_key", "max_key_bound")):
             # the needle's chunk replaces the lowest chunk id where a selection missed it
             missing = ~(top == self.needle_chunk).any(-1, keepdim=True)
             swapped = top.clone()
@@ -120,8 +125,9 @@ def main() -> None:
     p.add_argument("--tail-recent", type=int, default=None,
                    help="LongHeads tail_recent for LONG_RULES (default: the method's default)")
     p.add_argument("--tail-selection", default=None, help="long rules: max_key | max_key_bound | summary")
-    p.add_argument("--niah", default=None, metavar="HAYSTACK/NEEDLE/DEPTH",
-                   help="a NIAH prompt instead of the passkey, e.g. pydoc/code/50 (hookkit eval niah's builder)")
+    p.add_argument("--niah", default=None, metavar="HAYSTACK/NEEDLE/DEPTH[/tK]",
+                   help="a NIAH prompt instead of the passkey, e.g. pydoc/code/50 (hookkit eval niah's builder); "
+                        "/tK: trial K of the --vary-start grid (its seeded haystack start)")
     p.add_argument("--new-tokens", type=int, default=7)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
     args = p.parse_args()
@@ -129,11 +135,18 @@ def main() -> None:
     model, tok = hookkit.load("smollm2", dtype="float32")
     if args.niah:
         from hookkit.evals.corpus import HAYSTACKS
-        from hookkit.evals.niah import build_niah_prompt, get_needle
+        from hookkit.evals.niah import build_niah_prompt, get_needle, rotate_haystack
+        from hookkit.evals.niah.task import NiahTask
 
-        haystack, needle_name, depth = args.niah.split("/")
+        haystack, needle_name, depth, *trial = args.niah.split("/")
         needle = get_needle(needle_name)
-        prompt = build_niah_prompt(tok, args.length, float(depth), haystack=HAYSTACKS[haystack][0](),
+        text = HAYSTACKS[haystack][0]()
+        if trial:
+            k = int(trial[0].removeprefix("t"))
+            sample = NiahTask(tok, [args.length], [float(depth)], haystack=haystack, trials=k + 1,
+                              vary_start=True).samples()[k]
+            text = rotate_haystack(text, sample["haystack_start"]) if sample["haystack_start"] else text
+        prompt = build_niah_prompt(tok, args.length, float(depth), haystack=text,
                                    needle=needle.needle, question=needle.question)
         answer = needle.answer
     else:

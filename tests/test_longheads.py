@@ -307,6 +307,17 @@ def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: 
     assert state.stats["blocks"] > 0
 
 
+def test_max_key_scores_in_small_groups_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The max-key scores are computed a few queries and chunks at a time (memory); groups of 3 chunks and 2
+    queries split every block of this prompt unevenly, and selections and outputs must stay the reference's."""
+    import hookkit.methods.longheads as lh
+
+    monkeypatch.setattr(lh, "MAX_KEY_GROUP", 3)
+    monkeypatch.setattr(lh, "MAX_KEY_QUERIES", 2)
+    test_matches_per_token_reference_prefill_and_decode(
+        "query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9))
+
+
 def test_vectorised_prefill_matches_reference_with_any_query_block() -> None:
     """Bigger chunks (w=8) so a block holds many queries; blocks of 3 queries; one query per block."""
     model, _, _ = tiny()

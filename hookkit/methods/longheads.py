@@ -92,6 +92,8 @@ TAIL_CHOICES = ("max_key", "max_key_bound", "summary")
 DEFAULT_ATTEN_LENGTH = 4096
 #: Chunks whose max-key scores are computed together (bounds the transient memory of a scoring step).
 MAX_KEY_GROUP = 8
+#: Queries whose max-key scores are computed together (each is rotated to the w local offsets first).
+MAX_KEY_QUERIES = 8
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -593,20 +595,23 @@ class LongHeads(Intervention):
         H, Qb, D = q_raw.shape
         Hkv, w, r = state.cfg.num_kv, state.cfg.w, state.cfg.num_heads // state.cfg.num_kv
         acc = torch.promote_types(q_raw.dtype, torch.float32)
-        cos, sin = state.rope_local  # [w, D]
-        q = q_raw.to(acc)[:, :, None]  # [H, Qb, 1, D]
-        q_rot = apply_rope(q, cos.to(acc), sin.to(acc))  # [H, Qb, w, D]: R(m)·q for m = 0..w-1
-        q_rot = q_rot.reshape(Hkv, r * Qb, w, D)
-        scores = q_rot.new_empty(Hkv, r * Qb, c - 2)
-        # A few chunks at a time: the derived keys and the [queries x w] logits of one group stay small, so the
-        # scores add no context-sized buffer to the peak memory (the maximum is per chunk, so grouping is exact).
-        for lo in range(1, c - 1, MAX_KEY_GROUP):
-            hi = min(lo + MAX_KEY_GROUP, c - 1)
-            cached = key_b[:, n_pad + lo * w:n_pad + hi * w].reshape(Hkv, hi - lo, w, D)
-            chunks = torch.arange(lo, hi, device=key_b.device)
-            keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
-            logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qb, hi-lo, w]
-            scores[..., lo - 1:hi - 1] = logits.amax(dim=-1)
+        cos, sin = (x.to(acc) for x in state.rope_local)  # [w, D]
+        q_all = q_raw.to(acc).reshape(Hkv, r, Qb, D)
+        scores = q_all.new_empty(Hkv, r, Qb, c - 2)
+        # A few queries and chunks at a time: the w rotated copies of the queries, the derived keys and the
+        # [queries x w] logits of one group stay small, so scoring adds no buffer of size queries x w or
+        # context to the peak memory (the maximum is per query and chunk, so grouping is exact).
+        for q0 in range(0, Qb, MAX_KEY_QUERIES):
+            q1 = min(q0 + MAX_KEY_QUERIES, Qb)
+            q_rot = apply_rope(q_all[:, :, q0:q1, None], cos, sin)  # [Hkv, r, Qg, w, D]: R(m)·q, m = 0..w-1
+            q_rot = q_rot.reshape(Hkv, r * (q1 - q0), w, D)
+            for lo in range(1, c - 1, MAX_KEY_GROUP):
+                hi = min(lo + MAX_KEY_GROUP, c - 1)
+                cached = key_b[:, n_pad + lo * w:n_pad + hi * w].reshape(Hkv, hi - lo, w, D)
+                chunks = torch.arange(lo, hi, device=key_b.device)
+                keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
+                logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qg, hi-lo, w]
+                scores[:, :, q0:q1, lo - 1:hi - 1] = logits.amax(dim=-1).view(Hkv, r, q1 - q0, hi - lo)
         return scores.view(H, Qb, c - 2)
 
     def _bound_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
