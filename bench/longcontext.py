@@ -9,6 +9,7 @@
     python bench/longcontext.py cost --lengths 8k,16k --repeats 3          # prefill, decode tok/s, peak memory
     python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
     python bench/longcontext.py summary                                     # -> bench/results/longcontext.json
+    python bench/longcontext.py niah-table                                  # markdown tables of niah_natural.json
 
 Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
 ``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
@@ -205,6 +206,36 @@ def _collect_niah() -> None:
                                                         "n_tokens", "model_tokens", "response", "score", "substring", "prefill_s",
                                                         "decode_tok_s", "peak_rss_bytes")} for r in records]})
     _write(NIAH_FILE, {"runs": runs, "machine": machine()})
+
+
+def phase_niah_table(args: argparse.Namespace) -> None:
+    """Print the NIAH runs of ``NIAH_FILE`` as a markdown table: correct / trials per method and length, one table
+    per haystack, needle and start protocol, plus correct / trials per depth."""
+    runs = json.loads(NIAH_FILE.read_text())["runs"]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        key = (run["haystack"], run["needle"], run.get("haystack_start") or "beginning (§6.1)")
+        groups.setdefault(key, []).append(run)
+    for (haystack, needle, start), group in sorted(groups.items()):
+        lengths = sorted({r["length"] for r in group})
+        print(f"\n{haystack} haystack, needle `{needle}`, haystack start: {start}\n")
+        print("| method | " + " | ".join(f"{n // 1024}k" for n in lengths) + " |")
+        print("|---|" + "---|" * len(lengths))
+        for method in dict.fromkeys(r["method"] for r in group):
+            cells = []
+            for n in lengths:
+                recs = [x for r in group if r["method"] == method and r["length"] == n for x in r["records"]]
+                cells.append(f"{sum(bool(x['substring']) for x in recs)}/{len(recs)}" if recs else "–")
+            print(f"| {method} | " + " | ".join(cells) + " |")
+        for n in lengths:
+            depths = sorted({x["depth_percent"] for r in group if r["length"] == n for x in r["records"]})
+            print(f"\n{n // 1024}k by depth | " + " | ".join(f"{d:g} %" for d in depths) + " |")
+            print("|---|" + "---|" * len(depths))
+            for method in dict.fromkeys(r["method"] for r in group if r["length"] == n):
+                recs = [x for r in group if r["method"] == method and r["length"] == n for x in r["records"]]
+                row = [[x for x in recs if x["depth_percent"] == d] for d in depths]
+                print(f"| {method} | " + " | ".join(f"{sum(bool(x['substring']) for x in c)}/{len(c)}" if c else "–"
+                                                   for c in row) + " |")
 
 
 def excerpt_starts(tokenizer: Any, excerpts: int, max_tokens: int) -> list[int]:
@@ -498,7 +529,8 @@ COMMANDS = [  # what produced bench/results/longcontext.json (docs/benchmarks.md
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=("passkey", "niah", "longppl", "cost", "pairs", "summary", "_measure"))
+    p.add_argument("phase", choices=("passkey", "niah", "niah-table", "longppl", "cost", "pairs", "summary",
+                                     "_measure"))
     p.add_argument("--methods", default="stock,ntk,longheads")
     p.add_argument("--method", default="stock")
     p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
@@ -533,7 +565,7 @@ def main() -> None:
         _measure(args)
         return
     {"passkey": phase_passkey, "niah": phase_niah, "longppl": phase_longppl, "cost": phase_cost, "pairs": phase_pairs,
-     "summary": phase_summary}[args.phase](args)
+     "summary": phase_summary, "niah-table": phase_niah_table}[args.phase](args)
 
 
 if __name__ == "__main__":
