@@ -49,7 +49,7 @@ COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
 NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
-           "longheads-bound", "longheads-recent", "stock-cut", "stock-cut-needle")
+           "longheads-bound", "longheads-bound-8k", "longheads-recent", "stock-cut", "stock-cut-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -64,6 +64,9 @@ LONGHEADS_PARAMS = {
     "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0},
     "longheads-bound": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                         "tail_recent": 8},
+    # The bound with 8192 tokens per head (SmolLM2's trained length) instead of min(4096, trained length).
+    "longheads-bound-8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                           "tail_recent": 8, "atten_length": 8192},
     # Diagnosis: no scored chunk anywhere (chunk 0 + the last K-1 chunks for every token: a sink + sliding window).
     "longheads-recent": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                          "tail_recent": 13},
@@ -225,15 +228,18 @@ def phase_niah_table(args: argparse.Namespace) -> None:
             cells = []
             for n in lengths:
                 recs = [x for r in group if r["method"] == method and r["length"] == n for x in r["records"]]
-                cells.append(f"{sum(bool(x['substring']) for x in recs)}/{len(recs)}" if recs else "–")
+                scored = [x for x in recs if x["substring"] is not None]  # error records (no prompt) not counted
+                errors = f" ({len(recs) - len(scored)} not built)" if len(scored) < len(recs) else ""
+                cells.append(f"{sum(bool(x['substring']) for x in scored)}/{len(scored)}{errors}" if recs else "–")
             print(f"| {method} | " + " | ".join(cells) + " |")
         for n in lengths:
-            depths = sorted({x["depth_percent"] for r in group if r["length"] == n for x in r["records"]})
+            depths = sorted({x["depth_percent"] for r in group if r["length"] == n for x in r["records"]
+                             if x["depth_percent"] is not None})
             print(f"\n{n // 1024}k by depth | " + " | ".join(f"{d:g} %" for d in depths) + " |")
             print("|---|" + "---|" * len(depths))
             for method in dict.fromkeys(r["method"] for r in group if r["length"] == n):
                 recs = [x for r in group if r["method"] == method and r["length"] == n for x in r["records"]]
-                row = [[x for x in recs if x["depth_percent"] == d] for d in depths]
+                row = [[x for x in recs if x["depth_percent"] == d and x["substring"] is not None] for d in depths]
                 print(f"| {method} | " + " | ".join(f"{sum(bool(x['substring']) for x in c)}/{len(c)}" if c else "–"
                                                    for c in row) + " |")
 
