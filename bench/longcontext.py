@@ -290,7 +290,7 @@ def _measure(args: argparse.Namespace) -> None:
 
     import hookkit
     from hookkit.evals.decoding import greedy_generate
-    from hookkit.evals.memory import _rss_bytes
+    from hookkit.evals.memory import _rss_bytes, peak_memory_stats
     from hookkit.evals.passkey import build_passkey_prompt
 
     dtype = setup(args.threads, args.dtype)
@@ -304,8 +304,6 @@ def _measure(args: argparse.Namespace) -> None:
     if session is not None:
         session.detach()
     steps = len(timing.new_ids) - 1  # the first new token comes from the prefill
-    from hookkit.evals.memory import peak_memory_stats
-
     print(json.dumps({"method": args.method, "length": args.length[0], "prefill_s": timing.prefill_s,
                       "decode_tokens": steps, "decode_s": timing.decode_s,
                       "decode_tok_s": steps / timing.decode_s if steps and timing.decode_s > 0 else None,

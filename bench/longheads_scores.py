@@ -134,21 +134,14 @@ def main() -> None:
     torch.set_num_threads(1)
     model, tok = hookkit.load("smollm2", dtype="float32")
     if args.niah:
-        from hookkit.evals.corpus import HAYSTACKS
-        from hookkit.evals.niah import build_niah_prompt, get_needle, rotate_haystack
         from hookkit.evals.niah.task import NiahTask
 
         haystack, needle_name, depth, *trial = args.niah.split("/")
-        needle = get_needle(needle_name)
-        text = HAYSTACKS[haystack][0]()
-        if trial:
-            k = int(trial[0].removeprefix("t"))
-            sample = NiahTask(tok, [args.length], [float(depth)], haystack=haystack, trials=k + 1,
-                              vary_start=True).samples()[k]
-            text = rotate_haystack(text, sample["haystack_start"]) if sample["haystack_start"] else text
-        prompt = build_niah_prompt(tok, args.length, float(depth), haystack=text,
-                                   needle=needle.needle, question=needle.question)
-        answer = needle.answer
+        k = int(trial[0].removeprefix("t")) if trial else 0
+        niah = NiahTask(tok, [args.length], [float(depth)], haystack=haystack, needle=needle_name, trials=k + 1,
+                        vary_start=bool(trial))
+        prompt = niah.build_prompt(niah.samples()[k])
+        answer = niah.needle.answer
     else:
         task = PasskeyTask(tok, [args.length], args.trial + 1)
         prompt = task.build_prompt(task.samples()[args.trial])

@@ -109,15 +109,19 @@ class NiahTask(EvalTask):
             raise RuntimeError("NiahTask.model is not set")
         return [self.predict_one(s) for s in batch]
 
-    def predict_one(self, sample: Sample) -> Record:
+    def build_prompt(self, sample: Mapping[str, Any]) -> NiahPrompt:
+        """The exact-length prompt of one sample (its haystack rotated to the sample's ``haystack_start``)."""
+        start = int(sample.get("haystack_start", 0))
         try:
-            start = int(sample.get("haystack_start", 0))
-            prompt = build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
-                                       haystack=rotate_haystack(self.haystack, start) if start else self.haystack,
-                                       needle=self.needle.needle,
-                                       question=self.needle.question)
-        except (ValueError, RuntimeError) as exc:
+            return build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
+                                     haystack=rotate_haystack(self.haystack, start) if start else self.haystack,
+                                     needle=self.needle.needle, question=self.needle.question)
+        except (ValueError, RuntimeError) as exc:  # ExactLengthError is a RuntimeError
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
+
+    def predict_one(self, sample: Sample) -> Record:
+        start = int(sample.get("haystack_start", 0))
+        prompt = self.build_prompt(sample)
         ids = self.model_input_ids(prompt)
         timing = greedy_generate(self.model, ids, self.max_new_tokens,
                                  eos_ids(self.tokenizer, self.model))
