@@ -49,27 +49,50 @@ COST_FILE = ROOT / "bench" / "results" / "longcontext_cost.json"
 PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
 NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
-           "longheads-bound", "longheads-bound-8k", "longheads-recent", "stock-cut", "stock-cut-needle")
+           "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
+           "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "stock-cut",
+           "stock-cut-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
 # code's rules (per-token summary scores everywhere). Runs made before ``tail_recent`` existed recorded recipes
-# without it (its value then was 0).
+# without it (its value then was 0); runs made before the default ``begin_selective`` became the trained length
+# recorded recipes without it (its value then was atten_length, 4096): the ``-b8k`` variants are today's defaults.
 LONGHEADS_PARAMS = {
-    "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32, "tail_recent": 8},
+    "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32, "tail_recent": 8,
+                  "begin_selective": 4096},
     "longheads-scored-tail": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
-                              "tail_recent": 0},
+                              "tail_recent": 0, "begin_selective": 4096},
     "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32,
-                        "tail_recent": 0},
-    "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0},
+                        "tail_recent": 0, "begin_selective": 4096},
+    "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0,
+                           "begin_selective": 4096},
     "longheads-bound": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                        "tail_recent": 8},
+                        "tail_recent": 8, "begin_selective": 4096},
     # The bound with 8192 tokens per head (SmolLM2's trained length) instead of min(4096, trained length).
     "longheads-bound-8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                            "tail_recent": 8, "atten_length": 8192},
+    # atten_length = SmolLM2's trained length (8192, K = 32) with the tail_recent formula's value at K = 32
+    # (round(0.6 * 29) = 17 local-window chunks, 12 scored): as the paper sizes it (LLaMA-2: 4096 = its trained
+    # length), exactly the stock model up to 8k tokens.
+    "longheads-trained": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
+                          "tail_recent": 17, "atten_length": 8192},
+    "longheads-bound-trained": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                                "tail_recent": 17, "atten_length": 8192},
+    # Selection only from SmolLM2's trained length on (begin_selective = 8192, the paper's B = trained length),
+    # 4096 tokens per head beyond it: exactly the stock model up to 8k tokens.
+    "longheads-b8k": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
+                      "tail_recent": 8, "begin_selective": 8192},
+    "longheads-bound-b8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                            "tail_recent": 8, "begin_selective": 8192},
+    # The same with the max-key scores averaged over the window's RoPE distances (score_rope="window_mean").
+    "longheads-b8k-wm": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
+                         "tail_recent": 8, "begin_selective": 8192, "score_rope": "window_mean"},
+    "longheads-bound-b8k-wm": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
+                               "tail_recent": 8, "begin_selective": 8192, "score_rope": "window_mean"},
     # Diagnosis: no scored chunk anywhere (chunk 0 + the last K-1 chunks for every token: a sink + sliding window).
     "longheads-recent": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                         "tail_recent": 13},
+                         "tail_recent": 13, "begin_selective": 4096},
 }
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
 #: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).

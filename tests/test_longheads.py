@@ -63,6 +63,7 @@ class RefLongHeads(Intervention):
     tail_selection: str = "summary"
     exact_tail: int = 32
     tail_recent: int | None = None  # None: round(0.6 * (K - 3)), the documented default
+    score_rope: str = "none"
 
     def bind(self, model):
         self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
@@ -157,17 +158,20 @@ class RefLongHeads(Intervention):
             list(range((h // (self.H // self.Hkv)) * (self.H // self.Hkv), (h // (self.H // self.Hkv) + 1) * (self.H // self.Hkv)))
         memo = self._memo  # a complete chunk's summary never changes: memoise per (layer, row, chunk, head)
         scores = []
+        # score_rope="window_mean": the query rotated to every distance 0..K·w-1 of the re-indexed layout
+        dist = torch.arange(K * w if self.score_rope == "window_mean" else 1)
         for cand in range(1, c - 1):
             total = 0.0
             for hh in heads:
-                if score == "max_key":
+                if score == "max_key":  # per key: its logit averaged over the distances, then the chunk's max
                     g = hh // (self.H // self.Hkv)
-                    total += float((k[cand * w:(cand + 1) * w, g] @ q[t, hh]).max())
+                    q_at = rope(q[t, hh][None].expand(len(dist), -1), dist, self.inv_freq)  # [distances, D]
+                    total += float((q_at @ k[cand * w:(cand + 1) * w, g].T).mean(0).max())
                     continue
                 if score == "max_key_bound":  # Σ_d max(q_d·max_j k_jd, q_d·min_j k_jd) over the chunk's raw keys
                     g = hh // (self.H // self.Hkv)
                     keys = k[cand * w:(cand + 1) * w, g]
-                    qq = q[t, hh]
+                    qq = rope(q[t, hh][None].expand(len(dist), -1), dist, self.inv_freq).mean(0)
                     total += float(qq.clamp_min(0) @ keys.max(0).values + qq.clamp_max(0) @ keys.min(0).values)
                     continue
                 key = (*self._where, cand, hh)
@@ -256,7 +260,7 @@ def test_selection_changes_the_output_above_b() -> None:
     model, _, _ = tiny()
     ids = prompt(60, seed=2)
     stock = gen(model, ids, new=3)
-    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=3)
+    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT), ids, new=3)
     assert max_diff(stock, out) > 1e-3  # not silently stock
     assert state.stats["blocks"] > 0
 
@@ -278,9 +282,13 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, m
     ("kv_head", True, dict(prefill_selection="token", tail_selection="summary", exact_tail=9, tail_recent=1)),
     ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9)),
     ("kv_head", True, dict(prefill_selection="token", tail_selection="max_key_bound", exact_tail=9, tail_recent=1)),
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9, tail_recent=1,
+                              score_rope="window_mean")),
+    ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9,
+                           score_rope="window_mean")),
 ], ids=["official", "official-kv", "official-noself", "default", "default-kv", "block", "token-maxkey", "recent-maxkey",
         "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv", "recent-bound",
-        "token-bound-tailrecent-kv"])
+        "token-bound-tailrecent-kv", "recent-maxkey-window-mean", "recent-bound-window-mean-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any], name: str = "tiny-llama") -> None:
     model, _, info = tiny(name)
@@ -305,6 +313,18 @@ def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: 
     n_sel = (63 + 7 - 1) - ATT + 1  # selective positions 24 .. 69 (the 8th new token is never fed back)
     assert checked == info.num_layers * info.num_heads * n_sel
     assert state.stats["blocks"] > 0
+
+
+def test_window_mean_scores_change_the_selection() -> None:
+    """``score_rope="window_mean"`` is not a no-op on the reference test's prompt: some (layer, position, head)
+    selects other chunks than with the distance-0 score (so the reference comparisons above can tell them apart)."""
+    model, _, _ = tiny()
+    ids = prompt(63, seed=3, distinct=True)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, prefill_selection="recent", tail_selection="max_key", exact_tail=9,
+              tail_recent=1, trace=True)
+    plain, mean = (trace_map(run(model, LongHeads(**kw, score_rope=r), ids, new=8)[1]) for r in ("none", "window_mean"))
+    assert plain.keys() == mean.keys()
+    assert sum(plain[k] != mean[k] for k in plain) > 0
 
 
 def test_max_key_scores_in_small_groups_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,7 +370,7 @@ def test_crossing_begin_selective_during_generate(tail: str) -> None:
 
 def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
     model, tok, _ = tiny()
-    kw = dict(chunk_size=W, atten_length=ATT)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT)
     a, b = prompt(57, seed=6), prompt(45, seed=7)
     ids = torch.cat([a, torch.cat([torch.zeros(1, 12, dtype=torch.long), b], 1)])
     mask = torch.cat([torch.ones(1, 57), torch.cat([torch.zeros(1, 12), torch.ones(1, 45)], 1)]).long()
@@ -365,7 +385,7 @@ def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
 def test_fp32_and_qwen2_biases_match_reference() -> None:
     model, _, _ = tiny("tiny-qwen2", "float32")
     ids = prompt(50, seed=8)
-    kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="token", tail_selection="summary")
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=4)
     out, _ = run(model, LongHeads(**kw), ids, new=4)
     assert max_diff(ref_out, out) < 2e-4
@@ -377,7 +397,7 @@ def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
     model, _, _ = tiny()
     K = ATT // W
     for n in (80, 240):
-        iv = LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True, prefill_selection=prefill)
+        iv = LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT, pair_stats=True, prefill_selection=prefill)
         _, state = run(model, iv, prompt(n, seed=9), new=1)
         assert state.stats["chunks_max"] >= K and state.stats["pairs_max"] >= K - 1
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
@@ -400,7 +420,7 @@ def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
     """
     model, _, info = tiny()
     w, tokens = 16, 243
-    iv = LongHeads(chunk_size=w, atten_length=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
+    iv = LongHeads(chunk_size=w, atten_length=4 * w, begin_selective=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
     _, state = run(model, iv, prompt(240, seed=4), new=3)
     H, Hkv, D = info.num_heads, info.num_kv_heads, info.head_dim
     per_layer = [sum(v.numel() for row in rows for v in vars(row).values() if isinstance(v, torch.Tensor))
@@ -413,11 +433,11 @@ def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
     """Defaults (recent prompt selection, max-key tail) never read a chunk summary, so none is computed."""
     model, _, _ = tiny()
     ids = prompt(80, seed=9)
-    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=1)
+    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT), ids, new=1)
     row = state.rows[0][0]
     assert row.n_summ == 80 // W and row.summ.shape[1] == 0
     for settings in (dict(prefill_selection="block"), dict(tail_selection="summary")):
-        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, **settings), ids, new=1)
+        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT, **settings), ids, new=1)
         assert state.rows[0][0].summ.shape[1] >= 80 // W
 
 
@@ -430,18 +450,32 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(chunk_size=4, atten_length=16, begin_selective=-1), "begin_selective"),
                           (dict(gqa_selection="per_head"), "gqa_selection"), (dict(query_block=0), "query_block"),
                           (dict(chunk_size=4, atten_length=16, tail_recent=2), "tail_recent"),  # K-3 = 1
+                          (dict(score_rope="window"), "score_rope"),
+                          (dict(score_rope="window_mean", tail_selection="summary"), "score_rope"),
                           (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
                           (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail")]:
         with pytest.raises(ConfigError, match=rf"longheads\.{field}"):
             hookkit.attach(model, LongHeads(**kwargs))
 
 
-def test_default_atten_length_follows_the_trained_length() -> None:
+@pytest.mark.parametrize("trained, kwargs, expected", [
+    (1024, {}, (1024, 1024, 4)),  # min(4096, 1024 trained positions)
+    (8192, {}, (4096, 8192, 16)),  # selection from the trained length on, 4096 tokens per head
+    (8192, {"atten_length": 2048}, (2048, 8192, 8)),
+    (8192, {"begin_selective": 4096}, (4096, 4096, 16)),
+    (0, {}, (4096, 4096, 16)),  # no trained length in the config: B = atten_length = 4096
+])
+def test_default_atten_length_and_begin_follow_the_trained_length(trained: int, kwargs: dict[str, int],
+                                                                   expected: tuple[int, int, int]) -> None:
     model, _, _ = load_tiny("tiny-llama")
-    iv = LongHeads()
-    with hookkit.attach(model, iv) as session:
-        resolved = session.resolved(iv)
-        assert (resolved.atten, resolved.begin, resolved.K) == (1024, 1024, 4)  # min(4096, 1024 trained positions)
+    model.config.max_position_embeddings = trained
+    try:
+        iv = LongHeads(**kwargs)
+        with hookkit.attach(model, iv) as session:
+            resolved = session.resolved(iv)
+            assert (resolved.atten, resolved.begin, resolved.K) == expected
+    finally:
+        model.config.max_position_embeddings = 1024
 
 
 @pytest.mark.parametrize("settings", [OFFICIAL, DEFAULTS], ids=["official", "default"])
@@ -476,7 +510,7 @@ def test_rope_variants_it_cannot_reproduce_are_refused_at_attach(kind: str, reas
     model = _rope_variant(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedModelError, match=reason):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16))
     assert getattr(model, "_hookkit_session", None) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -486,7 +520,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
     model = _rope_variant("no_rope_layers")
     rope_layers = [i for i, layer in enumerate(model.model.layers) if layer.self_attn.use_rope]
     assert 0 < len(rope_layers) < len(model.model.layers)
-    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, layers=rope_layers)):
+    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16, layers=rope_layers)):
         pass
 
 
@@ -494,7 +528,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
 def test_unsupported_models_are_refused(name: str) -> None:
     model, _, _ = load_tiny(name)
     with pytest.raises(UnsupportedModelError):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16))
 
 
 def test_registered_and_listed() -> None:
