@@ -56,8 +56,8 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
 # code's rules (per-token summary scores everywhere). Runs made before ``tail_recent`` existed recorded recipes
-# without it (its value then was 0); runs made before the default ``begin_selective`` became the trained length
-# recorded recipes without it (its value then was atten_length, 4096): the ``-b8k`` variants are today's defaults.
+# without it (its value then was 0), and runs made before ``begin_selective`` was spelled out here recorded recipes
+# without it (its value was, and is, atten_length = 4096).
 LONGHEADS_PARAMS = {
     "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32, "tail_recent": 8,
                   "begin_selective": 4096},
@@ -79,8 +79,8 @@ LONGHEADS_PARAMS = {
                           "tail_recent": 17, "atten_length": 8192},
     "longheads-bound-trained": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                                 "tail_recent": 17, "atten_length": 8192},
-    # Selection only from SmolLM2's trained length on (begin_selective = 8192, the paper's B = trained length),
-    # 4096 tokens per head beyond it: exactly the stock model up to 8k tokens.
+    # Selection only from SmolLM2's trained length on (begin_selective = 8192), 4096 tokens per head beyond it:
+    # the stock model for every query below 8192 (measured and rejected as the default: docs/benchmarks.md).
     "longheads-b8k": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
                       "tail_recent": 8, "begin_selective": 8192},
     "longheads-bound-b8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,

@@ -460,10 +460,10 @@ def test_parameter_errors_name_the_field() -> None:
 
 @pytest.mark.parametrize("trained, kwargs, expected", [
     (1024, {}, (1024, 1024, 4)),  # min(4096, 1024 trained positions)
-    (8192, {}, (4096, 8192, 16)),  # selection from the trained length on, 4096 tokens per head
-    (8192, {"atten_length": 2048}, (2048, 8192, 8)),
-    (8192, {"begin_selective": 4096}, (4096, 4096, 16)),
-    (0, {}, (4096, 4096, 16)),  # no trained length in the config: B = atten_length = 4096
+    (8192, {}, (4096, 4096, 16)),  # 4096 tokens per head, selection from B = atten_length on
+    (8192, {"atten_length": 2048}, (2048, 2048, 8)),
+    (8192, {"begin_selective": 8192}, (4096, 8192, 16)),
+    (0, {}, (4096, 4096, 16)),  # no trained length in the config: 4096
 ])
 def test_default_atten_length_and_begin_follow_the_trained_length(trained: int, kwargs: dict[str, int],
                                                                    expected: tuple[int, int, int]) -> None:

@@ -6,9 +6,8 @@
 
 The embedded SmolLM2-135M-Instruct is trained to 8192 tokens; with stock attention it cannot read a 12k-token
 passkey prompt (0/10 in transformers-v5.md §9.1). The demo runs the same seeded trials with the stock model and
-with ``longheads`` (defaults: 256-token chunks, 4096 tokens per head, selection from the trained 8192 tokens on)
-and prints accuracy, prefill seconds, decode tokens/s and peak memory for each. A few trials take a few minutes
-on two CPU cores.
+with ``longheads`` (defaults: 256-token chunks, 4096 tokens per head) and prints accuracy, prefill seconds,
+decode tokens/s and peak memory for each. A few trials take a few minutes on two CPU cores.
 
     hookkit demo                       # 12k tokens, 2 trials each
     hookkit demo --length 16k --trials 3 --dtype bfloat16 --output-path out/demo

@@ -226,8 +226,7 @@ class LongHeads(Intervention):
         "help": "tokens per head (K = atten_length / chunk_size chunks); default min(4096, trained length), "
                 "a multiple of chunk_size"})
     begin_selective: int | None = field(default=None, metadata={
-        "help": "positions below this use full attention (default: the model's trained length, or atten_length "
-                "when the config states none)"})
+        "help": "positions below this use full attention (default: atten_length)"})
     gqa_selection: str = field(default="query_head", metadata={
         "help": "select chunks per 'query_head' (default) or per 'kv_head' (group scores summed)"})
     include_self: bool = field(default=True, metadata={
@@ -274,10 +273,10 @@ class LongHeads(Intervention):
         if trained and atten > trained:
             raise ConfigError("longheads.atten_length", f"{atten} exceeds the model's trained length {trained}: "
                               "re-indexed positions would leave the trained range", f"<= {trained}")
-        # Default B = the trained length: there the stock model is what was trained, and selecting chunks only
-        # costs (natural-text NIAH at 8k on SmolLM2: 4/10 with B = 4096 against stock's 6/10). The official code's
-        # B = 4096 is LLaMA-2's trained length.
-        begin = (trained or atten) if self.begin_selective is None else self.begin_selective
+        # Default B = atten_length (the official code's). B = the trained length was measured and rejected: the
+        # answer to a prompt of the trained length then sits past B and sees atten_length tokens of a context the
+        # prompt saw whole (docs/methods/longheads.md, "Where selection starts").
+        begin = atten if self.begin_selective is None else self.begin_selective
         if isinstance(begin, bool) or not isinstance(begin, int) or begin < 0 or (trained and begin > trained):
             raise ConfigError("longheads.begin_selective", f"{begin!r} must be an integer in [0, trained length]",
                               f"0..{trained}" if trained else ">= 0")
