@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--niah", default="pydoc/code/50/t0", help="HAYSTACK/NEEDLE/DEPTH/tK")
     p.add_argument("--length", type=int, default=16384)
     p.add_argument("--slots", type=int, default=5, help="scored slots: a rank below this is a retrieval")
+    p.add_argument("--begin-selective", type=int, default=None, help="LongHeads begin_selective (default: the method's)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_forced_answer.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -124,7 +125,7 @@ def main() -> None:
     cut = ids[:256] + ids[mid:mid + 256] + ids[-3584:]
     mass = stock_needle_mass(model, cut, (256 + lo - mid, 256 + hi - mid), answer)  # [L, H, len(answer)]
 
-    iv = RankProbe()
+    iv = RankProbe(begin_selective=args.begin_selective)
     iv.needle_chunk, iv.step = lo // 256, []
     steps = []
     with torch.no_grad(), hookkit.attach(model, iv):
@@ -152,7 +153,7 @@ def main() -> None:
                 "mass_weighted_hit": {n: round(float((m * (r < args.slots)).sum() / m.sum()), 3)
                                       for n, r in ranks.items()}})
     result = {"command": " ".join(["python", *sys.argv]), "niah": args.niah, "length": args.length,
-              "needle_chunk": lo // 256, "slots": args.slots, "free_first_token": free_first,
+              "needle_chunk": lo // 256, "slots": args.slots, "begin_selective": args.begin_selective, "free_first_token": free_first,
               "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__, "steps": steps}
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
     for s in steps:
