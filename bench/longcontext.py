@@ -102,6 +102,25 @@ CUT_HEAD, CUT_KEEP = 256, 4096
 MODEL = "smollm2"
 
 
+def cut_prompt(ids: list[int], needle_span: tuple[int, int] | None = None) -> list[int]:
+    """``stock-cut``: the first CUT_HEAD and the last CUT_KEEP - CUT_HEAD tokens of ``ids`` (unchanged when it is no
+    longer than CUT_KEEP). With ``needle_span`` (``stock-cut-needle``), CUT_HEAD tokens centred on the needle replace
+    as many of the recent ones."""
+    if len(ids) <= CUT_KEEP:
+        return ids
+    if needle_span is None:
+        return ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
+    mid = needle_window_start(len(ids), needle_span)
+    return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - (CUT_KEEP - 2 * CUT_HEAD):]
+
+
+def needle_window_start(n_tokens: int, needle_span: tuple[int, int]) -> int:
+    """First token of the CUT_HEAD-token window ``stock-cut-needle`` keeps around the needle (centred on it, after
+    the head and before the recent tokens)."""
+    lo, hi = needle_span
+    return min(max(CUT_HEAD, lo - (CUT_HEAD - (hi - lo)) // 2), n_tokens - (CUT_KEEP - 2 * CUT_HEAD) - CUT_HEAD)
+
+
 def int_list(text: str) -> list[int]:
     from hookkit.cli.common import int_list as parse
 
@@ -179,15 +198,7 @@ def phase_niah(args: argparse.Namespace) -> None:
         keep_needle = False
 
         def model_input_ids(self, prompt: Any) -> Any:
-            ids = prompt.input_ids
-            if len(ids) <= CUT_KEEP:
-                return ids
-            if not self.keep_needle or prompt.needle_token_span is None:
-                return ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
-            tail = CUT_KEEP - 2 * CUT_HEAD
-            lo, hi = prompt.needle_token_span
-            mid = min(max(CUT_HEAD, lo - (CUT_HEAD - (hi - lo)) // 2), len(ids) - tail - CUT_HEAD)
-            return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - tail:]
+            return cut_prompt(prompt.input_ids, prompt.needle_token_span if self.keep_needle else None)
 
     class CutNeedleNiahTask(CutNiahTask):
         keep_needle = True

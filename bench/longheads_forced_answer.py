@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hookkit  # noqa: E402
+from bench.longcontext import CUT_HEAD, cut_prompt, needle_window_start  # noqa: E402
 from hookkit import compat  # noqa: E402
 from hookkit.evals.niah.task import NiahTask  # noqa: E402
 from hookkit.methods.longheads import LongHeads, apply_rope, rotate_half  # noqa: E402
@@ -121,9 +122,9 @@ def main() -> None:
     answer = tok(task.needle.needle.strip(), add_special_tokens=False)["input_ids"]
     pieces = [tok.decode([x]) for x in answer]
     t0 = time.perf_counter()
-    mid = min(max(256, lo - (256 - (hi - lo)) // 2), len(ids) - 3584 - 256)
-    cut = ids[:256] + ids[mid:mid + 256] + ids[-3584:]
-    mass = stock_needle_mass(model, cut, (256 + lo - mid, 256 + hi - mid), answer)  # [L, H, len(answer)]
+    cut = cut_prompt(ids, (lo, hi))  # bench/longcontext.py's stock-cut-needle prompt
+    mid = needle_window_start(len(ids), (lo, hi))
+    mass = stock_needle_mass(model, cut, (CUT_HEAD + lo - mid, CUT_HEAD + hi - mid), answer)  # [L, H, len(answer)]
 
     iv = RankProbe(begin_selective=args.begin_selective)
     iv.needle_chunk, iv.step = lo // 256, []
