@@ -72,28 +72,20 @@ LONGHEADS_PARAMS = {
     # The bound with 8192 tokens per head (SmolLM2's trained length) instead of min(4096, trained length).
     "longheads-bound-8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                            "tail_recent": 8, "atten_length": 8192},
-    # atten_length = SmolLM2's trained length (8192, K = 32) with the tail_recent formula's value at K = 32
-    # (round(0.6 * 29) = 17 local-window chunks, 12 scored): as the paper sizes it (LLaMA-2: 4096 = its trained
-    # length), exactly the stock model up to 8k tokens.
-    "longheads-trained": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
-                          "tail_recent": 17, "atten_length": 8192},
-    "longheads-bound-trained": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                                "tail_recent": 17, "atten_length": 8192},
-    # Selection only from SmolLM2's trained length on (begin_selective = 8192), 4096 tokens per head beyond it:
-    # the stock model for every query below 8192 (measured and rejected as the default: docs/benchmarks.md).
-    "longheads-b8k": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
-                      "tail_recent": 8, "begin_selective": 8192},
-    "longheads-bound-b8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                            "tail_recent": 8, "begin_selective": 8192},
-    # The same with the max-key scores averaged over the window's RoPE distances (score_rope="window_mean").
-    "longheads-b8k-wm": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
-                         "tail_recent": 8, "begin_selective": 8192, "score_rope": "window_mean"},
-    "longheads-bound-b8k-wm": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                               "tail_recent": 8, "begin_selective": 8192, "score_rope": "window_mean"},
     # Diagnosis: no scored chunk anywhere (chunk 0 + the last K-1 chunks for every token: a sink + sliding window).
     "longheads-recent": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
                          "tail_recent": 13, "begin_selective": 4096},
 }
+# Candidate defaults measured on natural text (issue 16), each as an override of ``longheads`` (max-key scores) and
+# of ``longheads-bound``: ``-trained``: atten_length = SmolLM2's trained length (8192, K = 32) with the tail_recent
+# formula's value at K = 32 (round(0.6 * 29) = 17 local-window chunks, 12 scored); ``-b8k``: selection only from the
+# trained length on (begin_selective = 8192), 4096 tokens per head beyond it; ``-b8k-wm``: the same with max-key
+# scores averaged over the window's RoPE distances. All three rejected as defaults (docs/benchmarks.md).
+for _base in ("longheads", "longheads-bound"):
+    for _suffix, _change in (("trained", {"tail_recent": 17, "atten_length": 8192, "begin_selective": 8192}),
+                             ("b8k", {"begin_selective": 8192}),
+                             ("b8k-wm", {"begin_selective": 8192, "score_rope": "window_mean"})):
+        LONGHEADS_PARAMS[f"{_base}-{_suffix}"] = {**LONGHEADS_PARAMS[_base], **_change}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
 #: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).
 #: ``stock-cut-needle``: the same budget, but one 256-token span around the needle replaces as many tokens of the

@@ -30,8 +30,8 @@ from hookkit.models.tiny import tiny_model_path  # noqa: E402
 
 TASKS = "hookkit_mc,hookkit_kjv_ppl,hookkit_passkey"
 #: LongHeads made active on tiny-llama's short prompts: 16-token chunks, 8 per head (K = 8), from position 128.
-LONGHEADS = {"chunk_size": 16, "atten_length": 128, "begin_selective": 128}
-LONGHEADS_ARGS = "method=longheads,param.chunk_size=16,param.atten_length=128,param.begin_selective=128"
+LONGHEADS = {"chunk_size": 16, "atten_length": 128}
+LONGHEADS_ARGS = "method=longheads,param.chunk_size=16,param.atten_length=128"
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from hookkit.evals.runner import evaluate, read_jsonl
 from hookkit.methods.longheads import LongHeads
 
 INFO = {"model": "tiny-llama", "dtype": "float32", "device": "cpu"}
-LH = dict(chunk_size=8, atten_length=32, begin_selective=32)  # selection from 32 tokens on
+LH = dict(chunk_size=8, atten_length=32)  # selection from 32 tokens on
 
 
 def tiny():
@@ -315,7 +315,7 @@ def test_cli_passkey_resume_and_refusal(tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "pk"
     argv = ["eval", "passkey", "--model", "tiny-llama", "--dtype", "float32", "--lengths", "90,110", "--trials", "1",
             "--max-new-tokens", "2", "--method", "longheads", "--param", "chunk_size=8", "--param",
-            "atten_length=32", "--param", "begin_selective=32", "--output-path", str(out), "--no-progress"]
+            "atten_length=32", "--output-path", str(out), "--no-progress"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "len90" in text and "prefill s" in text and "results:" in text
@@ -379,7 +379,7 @@ def test_cli_niah_and_longppl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_demo_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--model", "tiny-llama", "--length", "120", "--trials", "1", "--dtype", "float32",
-                 "--param", "chunk_size=8", "--param", "atten_length=32", "--param", "begin_selective=32"]) == 0
+                 "--param", "chunk_size=8", "--param", "atten_length=32"]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith(("stock", "longheads", "method"))]
     assert len(lines) == 3 and "prefill s" in lines[0] and "0/1" in lines[1]

@@ -260,7 +260,7 @@ def test_selection_changes_the_output_above_b() -> None:
     model, _, _ = tiny()
     ids = prompt(60, seed=2)
     stock = gen(model, ids, new=3)
-    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT), ids, new=3)
+    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=3)
     assert max_diff(stock, out) > 1e-3  # not silently stock
     assert state.stats["blocks"] > 0
 
@@ -320,7 +320,7 @@ def test_window_mean_scores_change_the_selection() -> None:
     selects other chunks than with the distance-0 score (so the reference comparisons above can tell them apart)."""
     model, _, _ = tiny()
     ids = prompt(63, seed=3, distinct=True)
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, prefill_selection="recent", tail_selection="max_key", exact_tail=9,
+    kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="recent", tail_selection="max_key", exact_tail=9,
               tail_recent=1, trace=True)
     plain, mean = (trace_map(run(model, LongHeads(**kw, score_rope=r), ids, new=8)[1]) for r in ("none", "window_mean"))
     assert plain.keys() == mean.keys()
@@ -370,7 +370,7 @@ def test_crossing_begin_selective_during_generate(tail: str) -> None:
 
 def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
     model, tok, _ = tiny()
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT)
+    kw = dict(chunk_size=W, atten_length=ATT)
     a, b = prompt(57, seed=6), prompt(45, seed=7)
     ids = torch.cat([a, torch.cat([torch.zeros(1, 12, dtype=torch.long), b], 1)])
     mask = torch.cat([torch.ones(1, 57), torch.cat([torch.zeros(1, 12), torch.ones(1, 45)], 1)]).long()
@@ -385,7 +385,7 @@ def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
 def test_fp32_and_qwen2_biases_match_reference() -> None:
     model, _, _ = tiny("tiny-qwen2", "float32")
     ids = prompt(50, seed=8)
-    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, prefill_selection="token", tail_selection="summary")
+    kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=4)
     out, _ = run(model, LongHeads(**kw), ids, new=4)
     assert max_diff(ref_out, out) < 2e-4
@@ -397,7 +397,7 @@ def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
     model, _, _ = tiny()
     K = ATT // W
     for n in (80, 240):
-        iv = LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT, pair_stats=True, prefill_selection=prefill)
+        iv = LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True, prefill_selection=prefill)
         _, state = run(model, iv, prompt(n, seed=9), new=1)
         assert state.stats["chunks_max"] >= K and state.stats["pairs_max"] >= K - 1
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
@@ -420,7 +420,7 @@ def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
     """
     model, _, info = tiny()
     w, tokens = 16, 243
-    iv = LongHeads(chunk_size=w, atten_length=4 * w, begin_selective=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
+    iv = LongHeads(chunk_size=w, atten_length=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
     _, state = run(model, iv, prompt(240, seed=4), new=3)
     H, Hkv, D = info.num_heads, info.num_kv_heads, info.head_dim
     per_layer = [sum(v.numel() for row in rows for v in vars(row).values() if isinstance(v, torch.Tensor))
@@ -433,11 +433,11 @@ def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
     """Defaults (recent prompt selection, max-key tail) never read a chunk summary, so none is computed."""
     model, _, _ = tiny()
     ids = prompt(80, seed=9)
-    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT), ids, new=1)
+    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=1)
     row = state.rows[0][0]
     assert row.n_summ == 80 // W and row.summ.shape[1] == 0
     for settings in (dict(prefill_selection="block"), dict(tail_selection="summary")):
-        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, begin_selective=ATT, **settings), ids, new=1)
+        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, **settings), ids, new=1)
         assert state.rows[0][0].summ.shape[1] >= 80 // W
 
 
@@ -510,7 +510,7 @@ def test_rope_variants_it_cannot_reproduce_are_refused_at_attach(kind: str, reas
     model = _rope_variant(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedModelError, match=reason):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16))
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
     assert getattr(model, "_hookkit_session", None) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -520,7 +520,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
     model = _rope_variant("no_rope_layers")
     rope_layers = [i for i, layer in enumerate(model.model.layers) if layer.self_attn.use_rope]
     assert 0 < len(rope_layers) < len(model.model.layers)
-    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16, layers=rope_layers)):
+    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, layers=rope_layers)):
         pass
 
 
@@ -528,7 +528,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
 def test_unsupported_models_are_refused(name: str) -> None:
     model, _, _ = load_tiny(name)
     with pytest.raises(UnsupportedModelError):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, begin_selective=16))
+        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
 
 
 def test_registered_and_listed() -> None:

@@ -120,7 +120,6 @@ class NiahTask(EvalTask):
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
 
     def predict_one(self, sample: Sample) -> Record:
-        start = int(sample.get("haystack_start", 0))
         prompt = self.build_prompt(sample)
         ids = self.model_input_ids(prompt)
         timing = greedy_generate(self.model, ids, self.max_new_tokens,
@@ -131,7 +130,7 @@ class NiahTask(EvalTask):
             "sample_id": sample["sample_id"],
             "context_length": int(sample["context_length"]),
             "depth_percent": float(sample["depth_percent"]),
-            "haystack_start": start,
+            "haystack_start": int(sample.get("haystack_start", 0)),
             "n_tokens": prompt.n_tokens,
             "model_tokens": len(ids),
             "exact_length": prompt.exact,
