@@ -150,7 +150,7 @@ def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
 
 
 def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path,
-             limit: int | None = None) -> dict[str, Any]:
+             limit: int | None = None, retry_errors: bool = False) -> dict[str, Any]:
     import contextlib
 
     import hookkit
@@ -161,7 +161,7 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
     task.model = model
     with hookkit.attach(model, recipe) if recipe is not None else contextlib.nullcontext():
         return evaluate(task, output_dir=out, model_info=info, intervention=intervention, seed=0, resume=True,
-                        limit=limit, cli_args={"argv": sys.argv})
+                        limit=limit, retry_errors=retry_errors, cli_args={"argv": sys.argv})
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -174,7 +174,7 @@ def phase_passkey(args: argparse.Namespace) -> None:
         for length in args.lengths:
             task = PasskeyTask(tok, [length], args.trials, trial_seed=0)
             out = RUNS / "passkey" / method / f"len{length}"
-            res = run_task(task, model, info, method, out, limit=args.limit)
+            res = run_task(task, model, info, method, out, limit=args.limit, retry_errors=args.retry_errors)
             cell = res["results"]["passkey"]["cells,none"][f"len{length}"]
             print(f"passkey {method:>9} {length:>6}: {cell['accuracy']:.2f} over {cell['n']} trials, prefill "
                   f"{cell['prefill_s_median']:.1f} s (median)", flush=True)
@@ -204,7 +204,7 @@ def phase_niah(args: argparse.Namespace) -> None:
                               trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
             suffix = "-varied" if args.vary_start else ""
             out = RUNS / "niah" / f"{args.haystack}-{args.needle}{suffix}" / method / f"len{length}"
-            res = run_task(task, model, info, method, out, limit=args.limit)
+            res = run_task(task, model, info, method, out, limit=args.limit, retry_errors=args.retry_errors)
             cell = res["results"]["niah"]["per_length,none"][str(length)]
             print(f"niah {args.haystack}/{args.needle} {method:>9} {length:>6}: substring "
                   f"{cell['substring_accuracy']:.2f} over {cell['n']} depths, ROUGE x10 {cell['rouge1_x10']:.2f}, "
@@ -268,6 +268,30 @@ def phase_niah_table(args: argparse.Namespace) -> None:
                 row = [[x for x in recs if x["depth_percent"] == d and x["substring"] is not None] for d in depths]
                 print(f"| {method} | " + " | ".join(f"{sum(bool(x['substring']) for x in c)}/{len(c)}" if c else "–"
                                                    for c in row) + " |")
+
+
+HEATMAP_METHODS = "stock,ntk,longheads-bound,longheads-official"
+
+
+def phase_niah_heatmaps(args: argparse.Namespace) -> None:
+    """The §6.1 heatmaps (substring accuracy per length and depth, mean over the seeded trials) of ``NIAH_FILE``'s
+    runs, one PNG per method of ``--methods`` for ``--haystack`` / ``--needle``, into ``docs/figures/niah/``."""
+    from hookkit.evals.niah import plot_niah_heatmap
+
+    runs = [r for r in json.loads(NIAH_FILE.read_text())["runs"] if r["haystack"] == args.haystack
+            and r["needle"] == args.needle and r.get("haystack_start") == "seeded per trial"]
+    methods = (args.methods or HEATMAP_METHODS).split(",")
+    out = ROOT / "docs" / "figures" / "niah"
+    for method in methods:
+        cells = [{"context_length": r["length"], "depth_percent": x["depth_percent"], "substring": float(x["substring"])}
+                 for r in runs if r["method"] == method for x in r["records"] if x["substring"] is not None]
+        if not cells:
+            print(f"{method}: no seeded {args.haystack}/{args.needle} runs", file=sys.stderr)
+            continue
+        png, _ = plot_niah_heatmap(cells, out / f"{args.haystack}-{args.needle}-{method}.png", value_key="substring",
+                                   vmax=1.0, title=f"{method}: {args.haystack}, needle '{args.needle}' "
+                                                   f"({len(cells)} trials)")
+        print(png.relative_to(ROOT))
 
 
 def excerpt_starts(tokenizer: Any, excerpts: int, max_tokens: int) -> list[int]:
@@ -559,9 +583,10 @@ COMMANDS = [  # what produced bench/results/longcontext.json (docs/benchmarks.md
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=("passkey", "niah", "niah-table", "longppl", "cost", "pairs", "summary",
-                                     "_measure"))
-    p.add_argument("--methods", default="stock,ntk,longheads")
+    p.add_argument("phase", choices=("passkey", "niah", "niah-table", "niah-heatmaps", "longppl", "cost", "pairs",
+                                     "summary", "_measure"))
+    p.add_argument("--methods", default=None,
+                   help=f"default stock,ntk,longheads (niah-heatmaps: {HEATMAP_METHODS})")
     p.add_argument("--method", default="stock")
     p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
     p.add_argument("--trials", type=int, default=10)
@@ -589,13 +614,18 @@ def main() -> None:
                    help="torch threads (default 1: on this shared 2-core machine 2 threads were slower)")
     p.add_argument("--dtype", default="fast")
     p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="passkey/niah: re-run samples whose only record is an error (e.g. a prompt the builder refused)")
     args = p.parse_args()
+    if args.methods is None and args.phase != "niah-heatmaps":
+        args.methods = "stock,ntk,longheads"
     if args.phase == "_measure":
         args.length = args.lengths
         _measure(args)
         return
     {"passkey": phase_passkey, "niah": phase_niah, "longppl": phase_longppl, "cost": phase_cost, "pairs": phase_pairs,
-     "summary": phase_summary, "niah-table": phase_niah_table}[args.phase](args)
+     "summary": phase_summary, "niah-table": phase_niah_table,
+     "niah-heatmaps": phase_niah_heatmaps}[args.phase](args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pytest
 from hookkit.evals import corpus
 from hookkit.evals.niah import build as niah
 from hookkit.evals.passkey import build as passkey
+from hookkit.evals.runner import SampleError
 
 KJV_TEXT_SHA256 = "dbd05e2e52ecd8fa20be8da9c0eac0dbe2fb8744939cb37cc454686e241bdb02"
 FIRST_VERSE = "In the beginning God created the heaven and the earth."
@@ -202,6 +203,22 @@ def test_passkey_non_exact_lengths_are_reported():
         passkey.build_passkey_prompt(tok, 1001, 0.5, 99)
     odd = passkey.build_passkey_prompt(tok, 1001, 0.5, 99, strict=False)
     assert not odd.exact and odd.n_tokens == 1000
+
+
+def test_niah_task_uses_the_longest_prompt_below_when_no_exact_count_exists():
+    from hookkit.evals.niah.task import NiahTask
+
+    tok = DoubleCharTokenizer()  # every prompt has an even count: 1001 tokens cannot be built
+    haystack = "The cat sat on the mat. The dog ate the food. " * 40
+    with pytest.raises(niah.ExactLengthError):
+        niah.build_niah_prompt(tok, 1001, 50, haystack=haystack)
+    task = NiahTask(tok, [1000, 1001], [50], haystack=haystack)
+    even, odd = (task.build_prompt(s) for s in task.samples())
+    assert even.exact and even.n_tokens == 1000
+    assert not odd.exact and odd.n_tokens == 1000 and odd.target_tokens == 1001
+    assert niah.NEEDLE in odd.prompt
+    with pytest.raises(SampleError, match="cannot build the prompt"):  # below the empty-haystack prompt: no fallback
+        task.build_prompt({"sample_id": "tiny", "context_length": 10, "depth_percent": 50.0})
 
 
 def test_solve_exact_scans_past_a_jump():

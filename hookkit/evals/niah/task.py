@@ -110,14 +110,24 @@ class NiahTask(EvalTask):
         return [self.predict_one(s) for s in batch]
 
     def build_prompt(self, sample: Mapping[str, Any]) -> NiahPrompt:
-        """The exact-length prompt of one sample (its haystack rotated to the sample's ``haystack_start``)."""
+        """The prompt of one sample (its haystack rotated to the sample's ``haystack_start``), of exactly the
+        sample's length where one exists.
+
+        From some haystack starts no cut gives the exact count: the token before the template can merge with it
+        (e.g. a cut between two newlines), so the count jumps by 2 at the one cut that would hit. The sample then
+        uses the longest prompt below the target (one token short, recorded as ``exact_length: false``) instead of
+        losing the grid cell; the model sees the same haystack either way."""
         start = int(sample.get("haystack_start", 0))
         try:
-            return build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
-                                     haystack=rotate_haystack(self.haystack, start) if start else self.haystack,
-                                     needle=self.needle.needle, question=self.needle.question)
-        except (ValueError, RuntimeError) as exc:  # ExactLengthError is a RuntimeError
+            prompt = build_niah_prompt(self.tokenizer, int(sample["context_length"]), float(sample["depth_percent"]),
+                                       haystack=rotate_haystack(self.haystack, start) if start else self.haystack,
+                                       needle=self.needle.needle, question=self.needle.question, strict=False)
+        except ValueError as exc:
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
+        if not prompt.exact:
+            logger.warning("sample %r: no prompt of exactly %d tokens from this haystack start; using %d tokens",
+                           sample["sample_id"], prompt.target_tokens, prompt.n_tokens)
+        return prompt
 
     def predict_one(self, sample: Sample) -> Record:
         prompt = self.build_prompt(sample)
