@@ -10,6 +10,7 @@
     python bench/longcontext.py pairs --length 16k                          # distinct pairs per block
     python bench/longcontext.py summary                                     # -> bench/results/longcontext.json
     python bench/longcontext.py niah-table                                  # markdown tables of niah_natural.json
+    python bench/longcontext.py niah-heatmaps --haystack pydoc --needle code   # -> docs/figures/niah/*.png
 
 Methods: ``stock`` (sdpa), ``ntk`` (transformers' dynamic NTK RoPE, factor 2: ``--rope-scaling dynamic:2``),
 ``longheads`` (hookkit defaults: 256-token chunks, 4096 tokens per head, selection from 4096 tokens on, per query
@@ -149,6 +150,36 @@ def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
     return None
 
 
+#: Parameters spelled out in LONGHEADS_PARAMS after runs had been made without them, with the value those runs had
+#: by default (B = atten_length = 4096 on SmolLM2). Extending such a run keeps its recorded recipe.
+SPELLED_OUT_LATER = {"begin_selective": 4096}
+
+
+def recorded_recipe(out: Path, recipe: Any) -> Any:
+    """The recipe recorded by an earlier run in ``out`` when it differs from ``recipe`` only by SPELLED_OUT_LATER
+    (the same computation), so that a resume extends that run instead of being refused; else ``recipe``."""
+    from hookkit.core.recipe import Recipe
+
+    if recipe is None:
+        return None
+    for results in sorted(out.glob("results_*.json")):
+        old = (json.loads(results.read_text()).get("intervention") or {}).get("recipe")
+        if not old or old == recipe.to_dict():
+            continue
+        new, rec = recipe.to_dict(), Recipe.from_dict(old)
+        olds, news = old["methods"], new["methods"]
+        same_but_spelled = len(olds) == len(news) == 1 and olds[0]["method"] == news[0]["method"] and {
+            k: v for k, v in news[0]["params"].items()
+            if not (k in SPELLED_OUT_LATER and k not in olds[0]["params"] and v == SPELLED_OUT_LATER[k])
+        } == olds[0]["params"] and {k: v for k, v in old.items() if k != "methods"} == {
+            k: v for k, v in new.items() if k != "methods"}
+        if same_but_spelled:
+            print(f"{out}: extending the run with its recorded recipe {olds[0]['params']} "
+                  f"(the same as {news[0]['params']})", flush=True)
+            return rec
+    return recipe
+
+
 def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path,
              limit: int | None = None, retry_errors: bool = False) -> dict[str, Any]:
     import contextlib
@@ -156,7 +187,7 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
     import hookkit
     from hookkit.evals.runner import evaluate
 
-    recipe = recipe_for(method)
+    recipe = recorded_recipe(out, recipe_for(method))
     intervention = None if recipe is None else {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
     task.model = model
     with hookkit.attach(model, recipe) if recipe is not None else contextlib.nullcontext():
@@ -230,10 +261,11 @@ def _collect_niah() -> None:
                      "haystack_start": "seeded per trial" if varied else "beginning (§6.1)",
                      "length": int(folder.name[3:]),
                      "recipe_hash": ((results or {}).get("intervention") or {}).get("recipe_hash"),
-                     "records": [{k: r.get(k) for k in ("sample_id", "depth_percent", "actual_depth_percent",
-                                                        "haystack_start",
-                                                        "n_tokens", "model_tokens", "response", "score", "substring", "prefill_s",
-                                                        "decode_tok_s", "peak_rss_bytes")} for r in records]})
+                     # the runner stores the timings with a leading underscore (excluded from result hashes)
+                     "records": [{k: r.get(k, r.get(f"_{k}")) for k in (
+                         "sample_id", "depth_percent", "actual_depth_percent", "haystack_start", "n_tokens",
+                         "model_tokens", "exact_length", "response", "score", "substring", "prefill_s",
+                         "decode_tok_s", "peak_rss_bytes")} for r in records]})
     _write(NIAH_FILE, {"runs": runs, "machine": machine()})
 
 

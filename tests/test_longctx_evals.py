@@ -209,6 +209,21 @@ def test_niah_vary_start_gives_each_trial_its_own_seeded_haystack_line(tmp_path:
     # keeps the old sample ids.
     assert len({r["prompt_sha256"] for r in recs}) > 2
     assert [s["sample_id"] for s in NiahTask(tok, [90], [0], haystack=haystack).samples()] == ["len90-depth0"]
+    # More trials on resume run only the new ones; the earlier records stay as they were.
+    more = NiahTask(tok, [90], [0, 50], haystack=haystack, haystack_name="toy.txt", max_new_tokens=2, trials=4,
+                    vary_start=True)
+    more.model = model
+    calls: list[str] = []
+    predict_one = more.predict_one
+    more.predict_one = lambda s: calls.append(s["sample_id"]) or predict_one(s)
+    evaluate(more, output_dir=tmp_path, model_info=INFO, progress=False, resume=True)
+    assert calls == ["len90-depth0-trial3", "len90-depth50-trial3"]
+    extended, _, _ = read_jsonl(tmp_path / "samples_niah.jsonl")
+    assert [r for r in extended if not r["sample_id"].endswith("trial3")] == recs
+    with pytest.raises(ValueError, match="different task_config"):  # a changed needle is another run
+        evaluate(NiahTask(tok, [90], [0, 50], haystack=haystack, haystack_name="toy.txt", max_new_tokens=2,
+                          trials=4, vary_start=True, needle="code"), output_dir=tmp_path, model_info=INFO,
+                 progress=False, resume=True)
 
 
 def test_niah_subclass_can_transform_the_model_ids(tmp_path: Path) -> None:

@@ -65,6 +65,9 @@ class NiahTask(EvalTask):
 
     name = "niah"
     version = "1"
+    # A sample's prompt depends only on its own (length, depth, trial): its haystack start is seeded by exactly
+    # those, so more lengths, depths or trials on resume only add samples and never change an existing one.
+    extendable_config_keys = ("lengths", "depth_percents", "trials_per_cell")
 
     def __init__(self, tokenizer: Any, lengths: Sequence[int], depths: Sequence[float], *,
                  haystack: str | None = None, haystack_name: str | None = None, needle: str = "sandwich",
