@@ -164,19 +164,14 @@ def recorded_recipe(out: Path, recipe: Any) -> Any:
         return None
     for results in sorted(out.glob("results_*.json")):
         old = (json.loads(results.read_text()).get("intervention") or {}).get("recipe")
-        if not old or old == recipe.to_dict():
+        if not old or len(old["methods"]) != 1 or old == recipe.to_dict():
             continue
-        new, rec = recipe.to_dict(), Recipe.from_dict(old)
-        olds, news = old["methods"], new["methods"]
-        same_but_spelled = len(olds) == len(news) == 1 and olds[0]["method"] == news[0]["method"] and {
-            k: v for k, v in news[0]["params"].items()
-            if not (k in SPELLED_OUT_LATER and k not in olds[0]["params"] and v == SPELLED_OUT_LATER[k])
-        } == olds[0]["params"] and {k: v for k, v in old.items() if k != "methods"} == {
-            k: v for k, v in new.items() if k != "methods"}
-        if same_but_spelled:
-            print(f"{out}: extending the run with its recorded recipe {olds[0]['params']} "
-                  f"(the same as {news[0]['params']})", flush=True)
-            return rec
+        spec = old["methods"][0]
+        filled = {**old, "methods": [{**spec, "params": {**SPELLED_OUT_LATER, **spec["params"]}}]}
+        if filled == recipe.to_dict():
+            print(f"{out}: extending the run with its recorded recipe {spec['params']} (the same computation)",
+                  flush=True)
+            return Recipe.from_dict(old)
     return recipe
 
 
