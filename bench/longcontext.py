@@ -51,31 +51,33 @@ PAIRS_FILE = ROOT / "bench" / "results" / "longcontext_pairs.json"
 NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
            "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
-           "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "stock-cut",
-           "stock-cut-needle")
+           "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
+           "longheads-bound-fit", "stock-cut", "stock-cut-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
 # code's rules (per-token summary scores everywhere). Runs made before ``tail_recent`` existed recorded recipes
 # without it (its value then was 0), and runs made before ``begin_selective`` was spelled out here recorded recipes
-# without it (its value was, and is, atten_length = 4096).
+# without it (its value was, and is, atten_length = 4096). Every variant here selects on prompts that fit in the
+# trained length too (``fit_margin=0``, the only behaviour before ``fit_margin`` existed); the ``-fit`` variants
+# below run those prompts as the stock model (the library default since).
 LONGHEADS_PARAMS = {
     "longheads": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32, "tail_recent": 8,
-                  "begin_selective": 4096},
+                  "begin_selective": 4096, "fit_margin": 0},
     "longheads-scored-tail": {"prefill_selection": "recent", "tail_selection": "max_key", "exact_tail": 32,
-                              "tail_recent": 0, "begin_selective": 4096},
+                              "tail_recent": 0, "begin_selective": 4096, "fit_margin": 0},
     "longheads-block": {"prefill_selection": "block", "tail_selection": "max_key", "exact_tail": 32,
-                        "tail_recent": 0, "begin_selective": 4096},
+                        "tail_recent": 0, "begin_selective": 4096, "fit_margin": 0},
     "longheads-official": {"prefill_selection": "token", "tail_selection": "summary", "tail_recent": 0,
-                           "begin_selective": 4096},
+                           "begin_selective": 4096, "fit_margin": 0},
     "longheads-bound": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                        "tail_recent": 8, "begin_selective": 4096},
+                        "tail_recent": 8, "begin_selective": 4096, "fit_margin": 0},
     # The bound with 8192 tokens per head (SmolLM2's trained length) instead of min(4096, trained length).
     "longheads-bound-8k": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                           "tail_recent": 8, "atten_length": 8192},
+                           "tail_recent": 8, "atten_length": 8192, "fit_margin": 0},
     # Diagnosis: no scored chunk anywhere (chunk 0 + the last K-1 chunks for every token: a sink + sliding window).
     "longheads-recent": {"prefill_selection": "recent", "tail_selection": "max_key_bound", "exact_tail": 32,
-                         "tail_recent": 13, "begin_selective": 4096},
+                         "tail_recent": 13, "begin_selective": 4096, "fit_margin": 0},
 }
 # Candidate defaults measured on natural text (issue 16), each as an override of ``longheads`` (max-key scores) and
 # of ``longheads-bound``: ``-trained``: atten_length = SmolLM2's trained length (8192, K = 32) with the tail_recent
@@ -87,6 +89,9 @@ for _base in ("longheads", "longheads-bound"):
                              ("b8k", {"begin_selective": 8192}),
                              ("b8k-wm", {"begin_selective": 8192, "score_rope": "window_mean"})):
         LONGHEADS_PARAMS[f"{_base}-{_suffix}"] = {**LONGHEADS_PARAMS[_base], **_change}
+    # The library default since: a prompt that fits in the trained length runs as the stock model, its answer too
+    # until it passes the trained length by one chunk (256 tokens).
+    LONGHEADS_PARAMS[f"{_base}-fit"] = {**LONGHEADS_PARAMS[_base], "fit_margin": 256}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
 #: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).
 #: ``stock-cut-needle``: the same budget, but one 256-token span around the needle replaces as many tokens of the
@@ -151,8 +156,8 @@ def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
 
 
 #: Parameters spelled out in LONGHEADS_PARAMS after runs had been made without them, with the value those runs had
-#: by default (B = atten_length = 4096 on SmolLM2). Extending such a run keeps its recorded recipe.
-SPELLED_OUT_LATER = {"begin_selective": 4096}
+#: by default (B = atten_length = 4096 on SmolLM2; no fit). Extending such a run keeps its recorded recipe.
+SPELLED_OUT_LATER = {"begin_selective": 4096, "fit_margin": 0}
 
 
 def recorded_recipe(out: Path, recipe: Any) -> Any:
@@ -166,8 +171,9 @@ def recorded_recipe(out: Path, recipe: Any) -> Any:
         old = (json.loads(results.read_text()).get("intervention") or {}).get("recipe")
         if not old or len(old["methods"]) != 1 or old == recipe.to_dict():
             continue
-        spec = old["methods"][0]
-        filled = {**old, "methods": [{**spec, "params": {**SPELLED_OUT_LATER, **spec["params"]}}]}
+        spec, params = old["methods"][0], recipe.to_dict()["methods"][0]["params"]
+        later = {k: v for k, v in SPELLED_OUT_LATER.items() if k in params}
+        filled = {**old, "methods": [{**spec, "params": {**later, **spec["params"]}}]}
         if filled == recipe.to_dict():
             print(f"{out}: extending the run with its recorded recipe {spec['params']} (the same computation)",
                   flush=True)

@@ -29,9 +29,10 @@ from hookkit.integrations.tasks import export_passkey  # noqa: E402
 from hookkit.models.tiny import tiny_model_path  # noqa: E402
 
 TASKS = "hookkit_mc,hookkit_kjv_ppl,hookkit_passkey"
-#: LongHeads made active on tiny-llama's short prompts: 16-token chunks, 8 per head (K = 8), from position 128.
-LONGHEADS = {"chunk_size": 16, "atten_length": 128}
-LONGHEADS_ARGS = "method=longheads,param.chunk_size=16,param.atten_length=128"
+#: LongHeads made active on tiny-llama's short prompts: 16-token chunks, 8 per head (K = 8), from position 128, also
+#: on prompts that fit in its trained length (1024).
+LONGHEADS = {"chunk_size": 16, "atten_length": 128, "fit_margin": 0}
+LONGHEADS_ARGS = "method=longheads,param.chunk_size=16,param.atten_length=128,param.fit_margin=0"
 
 
 @pytest.fixture(autouse=True)

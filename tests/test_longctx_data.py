@@ -221,6 +221,20 @@ def test_niah_task_uses_the_longest_prompt_below_when_no_exact_count_exists():
         task.build_prompt({"sample_id": "tiny", "context_length": 10, "depth_percent": 50.0})
 
 
+def test_passkey_task_uses_the_longest_prompt_below_when_no_exact_count_exists(caplog):
+    from hookkit.evals.passkey.task import PasskeyTask
+
+    tok = DoubleCharTokenizer()  # every prompt has an even count: 1001 tokens cannot be built
+    task = PasskeyTask(tok, [1000, 1001], 1)
+    even, odd = (task.build_prompt(s) for s in task.samples())
+    assert even.exact and even.n_tokens == 1000
+    assert not odd.exact and odd.n_tokens == 1000 and odd.target_tokens == 1001
+    assert str(odd.passkey) in odd.prompt
+    assert "no passkey prompt of exactly 1001 tokens" in caplog.text
+    with pytest.raises(SampleError, match="cannot build the prompt"):  # below the empty-filler prompt: no fallback
+        task.build_prompt({"sample_id": "tiny", "length": 10, "depth": 0.5, "passkey": 7})
+
+
 def test_solve_exact_scans_past_a_jump():
     values = {3: 3, 4: 5, 5: 4}
 

@@ -25,6 +25,9 @@ from hookkit.errors import ConfigError, UnsupportedModelError
 from hookkit.methods.longheads import LongHeads
 
 W, ATT = 4, 24
+# Every prompt here fits in the tiny models' trained length (1024): the tests of selection set fit_margin=0 (the
+# official code's rule: select from max(B, atten_length) on), the fit itself is tested on a model told it was
+# trained to 64 positions.
 # fp64 models, but RoPE tables are fp32 in transformers (and in LongHeads): the reference uses fp64 angles.
 TOL = 1e-5  # chunk size 4, K = 6 chunks per head: 3 chosen by score
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -248,7 +251,7 @@ def test_below_begin_selective_is_bit_identical_to_stock(name: str) -> None:
     model, _, _ = load_tiny(name)
     ids = prompt(30, seed=1)
     stock = gen(model, ids, new=5)
-    iv = LongHeads(chunk_size=4, atten_length=16, begin_selective=40)
+    iv = LongHeads(fit_margin=0, chunk_size=4, atten_length=16, begin_selective=40)
     out, state = run(model, iv, ids, new=5)
     assert torch.equal(stock.sequences, out.sequences)
     assert all(torch.equal(a, b) for a, b in zip(stock.logits, out.logits))  # prefill and every decode step
@@ -256,11 +259,56 @@ def test_below_begin_selective_is_bit_identical_to_stock(name: str) -> None:
     # token not yet in the cache: 30 prompt + 4 decoded -> 34 keys -> 8 complete chunks)
 
 
+@pytest.fixture
+def trained_64(monkeypatch: pytest.MonkeyPatch):
+    """The fp64 tiny-llama, told it was trained to 64 positions (its RoPE does not depend on it)."""
+    model, _, _ = tiny()
+    monkeypatch.setattr(model.config, "max_position_embeddings", 64)
+    return model
+
+
+def test_a_prompt_that_fits_runs_as_stock_until_its_answer_passes_the_margin(trained_64) -> None:
+    """Prompt of 40 tokens, trained length 64, fit_margin 8: every query below position 72 is the stock model's
+    (bit-identical), the first one at 72 selects. With fit_margin=0 the same prompt selects from B = 24 on."""
+    model = trained_64
+    ids = prompt(40, seed=11)
+    stock = gen(model, ids, new=40)
+    fit, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, fit_margin=8), ids, new=40)
+    assert state.stock_until == [72]
+    # logits[i] come from the query at position 39 + i: steps 0..32 sit below 72
+    assert all(torch.equal(a, b) for a, b in zip(stock.logits[:33], fit.logits[:33]))
+    assert torch.equal(stock.sequences[:, :40 + 33], fit.sequences[:, :40 + 33])
+    assert max((a - b).abs().max().item() for a, b in zip(stock.logits[33:], fit.logits[33:])) > 1e-3
+    off, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, fit_margin=0), ids, new=1)
+    assert state.stock_until == [ATT] and (off.logits[0] - stock.logits[0]).abs().max().item() > 1e-3
+
+
+def test_a_prompt_beyond_the_trained_length_is_untouched_by_fit_margin(trained_64) -> None:
+    """Only prompts that fit change: a 70-token prompt (> 64) gives bit-identical outputs and selections with and
+    without fit_margin, also as the longer row of a left-padded batch whose shorter row fits."""
+    model = trained_64
+    long_ids, short_ids = prompt(70, seed=12), prompt(40, seed=13)
+    kw = dict(chunk_size=W, atten_length=ATT, trace=True)
+    ref, ref_state = run(model, LongHeads(fit_margin=0, **kw), long_ids, new=6)
+    out, state = run(model, LongHeads(**kw), long_ids, new=6)
+    assert state.stock_until == [ATT]
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, out.logits))
+    assert trace_map(ref_state).keys() == trace_map(state).keys() and trace_map(ref_state) == trace_map(state)
+    ids = torch.cat([long_ids, torch.cat([torch.zeros(1, 30, dtype=torch.long), short_ids], 1)])
+    mask = torch.cat([torch.ones(1, 70), torch.cat([torch.zeros(1, 30), torch.ones(1, 40)], 1)]).long()
+    both, state = run(model, LongHeads(**kw), ids, mask, new=6)
+    assert state.stock_until == [ATT, 64 + W]  # default margin: one chunk
+    short = gen(model, short_ids, new=6)  # stock: positions 39..44 all below 68
+    for row, single in ((0, ref), (1, short)):
+        assert torch.equal(both.sequences[row, -6:], single.sequences[0, -6:])
+        assert max((x[row] - y[0]).abs().max().item() for x, y in zip(both.logits, single.logits)) < TOL
+
+
 def test_selection_changes_the_output_above_b() -> None:
     model, _, _ = tiny()
     ids = prompt(60, seed=2)
     stock = gen(model, ids, new=3)
-    out, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=3)
+    out, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT), ids, new=3)
     assert max_diff(stock, out) > 1e-3  # not silently stock
     assert state.stats["blocks"] > 0
 
@@ -268,7 +316,7 @@ def test_selection_changes_the_output_above_b() -> None:
 # ---------------------------------------------------------------------------------------------- reference
 OFFICIAL = dict(prefill_selection="token", tail_selection="summary", tail_recent=0)
 BLOCK = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5, tail_recent=0)  # earlier defaults
-DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, max-key tail with a local window
+DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, bound-scored tail with a local window
 
 
 @pytest.mark.seam
@@ -292,14 +340,14 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, m
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any], name: str = "tiny-llama") -> None:
     model, _, info = tiny(name)
-    ids = prompt(63, seed=3, distinct=settings.get("tail_selection", "max_key") == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
+    ids = prompt(63, seed=3, distinct=settings is DEFAULTS or settings.get("tail_selection") == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
               **settings)
     # The reference's own defaults are the official rules: spell out hookkit's for it (the implementation gets
     # none of them, so its defaults are what is tested).
-    ref_kw = {"prefill_selection": "recent", "tail_selection": "max_key", **kw} if settings is DEFAULTS else kw
+    ref_kw = {"prefill_selection": "recent", "tail_selection": "max_key_bound", **kw} if settings is DEFAULTS else kw
     ref_out, ref_state = run(model, RefLongHeads(**ref_kw), ids, new=8)
-    out, state = run(model, LongHeads(**kw, trace=True), ids, new=8)
+    out, state = run(model, LongHeads(fit_margin=0, **kw, trace=True), ids, new=8)
     assert torch.equal(ref_out.sequences, out.sequences)
     assert max_diff(ref_out, out) < TOL
     # Chunk selection, for every (layer, position, head) at prefill and at decode.
@@ -322,7 +370,7 @@ def test_window_mean_scores_change_the_selection() -> None:
     ids = prompt(63, seed=3, distinct=True)
     kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="recent", tail_selection="max_key", exact_tail=9,
               tail_recent=1, trace=True)
-    plain, mean = (trace_map(run(model, LongHeads(**kw, score_rope=r), ids, new=8)[1]) for r in ("none", "window_mean"))
+    plain, mean = (trace_map(run(model, LongHeads(fit_margin=0, **kw, score_rope=r), ids, new=8)[1]) for r in ("none", "window_mean"))
     assert plain.keys() == mean.keys()
     assert sum(plain[k] != mean[k] for k in plain) > 0
 
@@ -344,7 +392,7 @@ def test_vectorised_prefill_matches_reference_with_any_query_block() -> None:
     ids = prompt(110, seed=4)
     kw = dict(chunk_size=8, atten_length=48, begin_selective=48, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=2)
-    outs = [run(model, LongHeads(**kw, query_block=qb), ids, new=2) for qb in (None, 3, 1)]
+    outs = [run(model, LongHeads(fit_margin=0, **kw, query_block=qb), ids, new=2) for qb in (None, 3, 1)]
     for out, _ in outs:
         assert max_diff(ref_out, out) < TOL
     blocks = [st.stats["blocks"] for _, st in outs]
@@ -361,7 +409,7 @@ def test_crossing_begin_selective_during_generate(tail: str) -> None:
     # prompt()); with every tail chunk by score this prompt happens to need no tie-break.
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, tail_selection=tail, tail_recent=0)
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=30)
-    out, state = run(model, LongHeads(**kw), ids, new=30)
+    out, state = run(model, LongHeads(fit_margin=0, **kw), ids, new=30)
     assert out.sequences.shape[1] == 40
     assert torch.equal(ref_out.sequences, out.sequences)
     assert max_diff(ref_out, out) < TOL
@@ -374,10 +422,10 @@ def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
     a, b = prompt(57, seed=6), prompt(45, seed=7)
     ids = torch.cat([a, torch.cat([torch.zeros(1, 12, dtype=torch.long), b], 1)])
     mask = torch.cat([torch.ones(1, 57), torch.cat([torch.zeros(1, 12), torch.ones(1, 45)], 1)]).long()
-    both, state = run(model, LongHeads(**kw), ids, mask, new=6)
+    both, state = run(model, LongHeads(fit_margin=0, **kw), ids, mask, new=6)
     assert state.n_pad == [0, 12]
     for row, single_ids in enumerate((a, b)):
-        single, _ = run(model, LongHeads(**kw), single_ids, new=6)
+        single, _ = run(model, LongHeads(fit_margin=0, **kw), single_ids, new=6)
         assert torch.equal(both.sequences[row, -6:], single.sequences[0, -6:])
         assert max((x[row] - y[0]).abs().max().item() for x, y in zip(both.logits, single.logits)) < TOL
 
@@ -387,7 +435,7 @@ def test_fp32_and_qwen2_biases_match_reference() -> None:
     ids = prompt(50, seed=8)
     kw = dict(chunk_size=W, atten_length=ATT, prefill_selection="token", tail_selection="summary")
     ref_out, _ = run(model, RefLongHeads(**kw), ids, new=4)
-    out, _ = run(model, LongHeads(**kw), ids, new=4)
+    out, _ = run(model, LongHeads(fit_margin=0, **kw), ids, new=4)
     assert max_diff(ref_out, out) < 2e-4
 
 
@@ -397,7 +445,7 @@ def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
     model, _, _ = tiny()
     K = ATT // W
     for n in (80, 240):
-        iv = LongHeads(chunk_size=W, atten_length=ATT, pair_stats=True, prefill_selection=prefill)
+        iv = LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT, pair_stats=True, prefill_selection=prefill)
         _, state = run(model, iv, prompt(n, seed=9), new=1)
         assert state.stats["chunks_max"] >= K and state.stats["pairs_max"] >= K - 1
         assert state.stats["chunks_max"] <= W * (K - 1) + 1  # every query's own chunks, at most
@@ -420,7 +468,7 @@ def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
     """
     model, _, info = tiny()
     w, tokens = 16, 243
-    iv = LongHeads(chunk_size=w, atten_length=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
+    iv = LongHeads(fit_margin=0, chunk_size=w, atten_length=4 * w, tail_selection=tail, prefill_selection="token", exact_tail=5)
     _, state = run(model, iv, prompt(240, seed=4), new=3)
     H, Hkv, D = info.num_heads, info.num_kv_heads, info.head_dim
     per_layer = [sum(v.numel() for row in rows for v in vars(row).values() if isinstance(v, torch.Tensor))
@@ -433,11 +481,11 @@ def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
     """Defaults (recent prompt selection, max-key tail) never read a chunk summary, so none is computed."""
     model, _, _ = tiny()
     ids = prompt(80, seed=9)
-    _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT), ids, new=1)
+    _, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT), ids, new=1)
     row = state.rows[0][0]
     assert row.n_summ == 80 // W and row.summ.shape[1] == 0
     for settings in (dict(prefill_selection="block"), dict(tail_selection="summary")):
-        _, state = run(model, LongHeads(chunk_size=W, atten_length=ATT, **settings), ids, new=1)
+        _, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT, **settings), ids, new=1)
         assert state.rows[0][0].summ.shape[1] >= 80 // W
 
 
@@ -453,27 +501,31 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(score_rope="window"), "score_rope"),
                           (dict(score_rope="window_mean", tail_selection="summary"), "score_rope"),
                           (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
-                          (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail")]:
+                          (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail"),
+                          (dict(fit_margin=-1), "fit_margin"), (dict(fit_margin=1.5), "fit_margin"),
+                          (dict(fit_margin=True), "fit_margin")]:
         with pytest.raises(ConfigError, match=rf"longheads\.{field}"):
             hookkit.attach(model, LongHeads(**kwargs))
 
 
 @pytest.mark.parametrize("trained, kwargs, expected", [
-    (1024, {}, (1024, 1024, 4)),  # min(4096, 1024 trained positions)
-    (8192, {}, (4096, 4096, 16)),  # 4096 tokens per head, selection from B = atten_length on
-    (8192, {"atten_length": 2048}, (2048, 2048, 8)),
-    (8192, {"begin_selective": 8192}, (4096, 8192, 16)),
-    (0, {}, (4096, 4096, 16)),  # no trained length in the config: 4096
+    (1024, {}, (1024, 1024, 4, 1024 + 256)),  # min(4096, 1024 trained positions); fit_margin = chunk_size
+    (8192, {}, (4096, 4096, 16, 8192 + 256)),  # 4096 tokens per head, selection from B = atten_length on
+    (8192, {"atten_length": 2048}, (2048, 2048, 8, 8192 + 256)),
+    (8192, {"begin_selective": 8192}, (4096, 8192, 16, 8192 + 256)),
+    (8192, {"fit_margin": 0}, (4096, 4096, 16, 0)),
+    (8192, {"fit_margin": 40}, (4096, 4096, 16, 8192 + 40)),
+    (0, {}, (4096, 4096, 16, 0)),  # no trained length in the config: 4096, and no prompt "fits"
 ])
 def test_default_atten_length_and_begin_follow_the_trained_length(trained: int, kwargs: dict[str, int],
-                                                                   expected: tuple[int, int, int]) -> None:
+                                                                   expected: tuple[int, int, int, int]) -> None:
     model, _, _ = load_tiny("tiny-llama")
     model.config.max_position_embeddings = trained
     try:
         iv = LongHeads(**kwargs)
         with hookkit.attach(model, iv) as session:
             resolved = session.resolved(iv)
-            assert (resolved.atten, resolved.begin, resolved.K) == expected
+            assert (resolved.atten, resolved.begin, resolved.K, resolved.fit_until) == expected
     finally:
         model.config.max_position_embeddings = 1024
 
@@ -510,7 +562,7 @@ def test_rope_variants_it_cannot_reproduce_are_refused_at_attach(kind: str, reas
     model = _rope_variant(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedModelError, match=reason):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+        hookkit.attach(model, LongHeads(fit_margin=0, chunk_size=4, atten_length=16))
     assert getattr(model, "_hookkit_session", None) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -520,7 +572,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
     model = _rope_variant("no_rope_layers")
     rope_layers = [i for i, layer in enumerate(model.model.layers) if layer.self_attn.use_rope]
     assert 0 < len(rope_layers) < len(model.model.layers)
-    with hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16, layers=rope_layers)):
+    with hookkit.attach(model, LongHeads(fit_margin=0, chunk_size=4, atten_length=16, layers=rope_layers)):
         pass
 
 
@@ -528,7 +580,7 @@ def test_no_rope_layers_can_be_left_out() -> None:
 def test_unsupported_models_are_refused(name: str) -> None:
     model, _, _ = load_tiny(name)
     with pytest.raises(UnsupportedModelError):
-        hookkit.attach(model, LongHeads(chunk_size=4, atten_length=16))
+        hookkit.attach(model, LongHeads(fit_margin=0, chunk_size=4, atten_length=16))
 
 
 def test_registered_and_listed() -> None:

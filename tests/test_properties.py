@@ -43,7 +43,7 @@ NEUTRAL: dict[str, tuple[dict[str, Any], set[str]]] = {
     "var": ({"p_move": 0.0}, {"tau", "rho", "rho_code", "summ", "sink_dims", "first_layer", "skip_last_layer"}),
     # prompts here are far shorter than atten_length: LongHeads takes the stock path whatever else is set
     "longheads": ({}, {"gqa_selection", "include_self", "query_block", "layers", "prefill_selection", "exact_tail",
-                       "tail_selection", "tail_recent", "score_rope", "trace", "pair_stats"}),
+                       "tail_selection", "tail_recent", "score_rope", "fit_margin", "trace", "pair_stats"}),
     "moh": ({"shared": 2, "top_k": 2, "router_init_std": 0.0}, {"scalings", "balance_coef", "ste", "skip_heads",
                                                                  "layers", "lora_alpha", "lora_dropout", "seed"}),
     "alora": ({}, {"rank", "alpha", "num_heads", "variant", "dropout", "target_modules", "layers", "seed"}),

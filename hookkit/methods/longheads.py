@@ -31,6 +31,10 @@ nothing is rotated at a position outside the trained range.
 
 Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to the
 layer's stock attention with the call's own arguments (``AttnCall.stock``: bit-identical to the stock model).
+A row whose prompt fits in the model's trained length stays on that path until its position passes the trained
+length by ``fit_margin`` tokens (default one chunk): inside the trained length LongHeads is the stock model, the
+answer to such a prompt included (LongHeads exists to go beyond the trained length; see "Prompts that fit" in
+docs/methods/longheads.md for what selection cost there).
 Between B and ``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
 true ones, so those queries also take the ordinary causal path.
 
@@ -60,15 +64,20 @@ Differences from the official code (each one deliberate; see docs/methods/longhe
    biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
 7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
 8. **Chunk selection for the prompt and scores for the answer** (defaults; the official rules are
-   ``prefill_selection="token", tail_selection="summary", tail_recent=0``): the prompt before its last
+   ``prefill_selection="token", tail_selection="summary", tail_recent=0, fit_margin=0``): the prompt before its last
    ``exact_tail`` tokens attends to chunk 0 and its last K−1 chunks (``prefill_selection="recent"``: sink +
    sliding window, no scores), so every prompt token's hidden state is computed from the context the model was
    trained on; the exact tail and every decoding step keep chunk 0 and a local window (``tail_recent`` chunks
-   before the previous one) and retrieve the rest from the whole context, scoring a chunk by its largest
-   un-rotated ``q·k`` (``_max_key_scores``). With the official summary score SmolLM2 failed passkey trials even
+   before the previous one) and retrieve the rest from the whole context, scoring a chunk by an upper bound of its
+   largest un-rotated ``q·k`` from the chunk's per-dimension key max and min (``_bound_scores``; the exact
+   maximum, ``tail_selection="max_key"``, answers the same passkeys and decodes at a fraction of the speed, as it
+   reads every key for every step and head). With the official summary score SmolLM2 failed passkey trials even
    inside its trained length; with score-selected prompt chunks (``"block"``, an earlier default) or every answer
    chunk by score it failed needles far beyond B (docs/methods/longheads.md, "Chunk scores" and "Prompt selection
    and the answer's local window").
+9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
+   ``fit_margin`` tokens (default ``chunk_size``); ``fit_margin=0`` selects from ``max(B, atten_length)`` on for
+   every prompt, as the official code.
 """
 
 from __future__ import annotations
@@ -133,6 +142,8 @@ class LongHeadsSettings:
     tail_recent: int  # local-window chunks of the exact tail and decoding
     score_rope: str  # max-key scores: "none" (distance 0) or "window_mean" (averaged over the window's distances)
     stock_until: int  # queries below max(B, atten_length) use ordinary attention
+    fit_until: int  # ... and below this in rows whose prompt fits in the trained length (0: off)
+    trained: int  # the model's trained length (max_position_embeddings; 0 when unknown)
     uses_summaries: bool  # some score reads chunk summaries
     uses_bounds: bool  # the tail score reads per-chunk key bounds
     num_heads: int
@@ -156,6 +167,7 @@ class LongHeadsState:
 
     cfg: LongHeadsSettings
     n_pad: list[int]  # left-padding slots per row
+    stock_until: list[int]  # per row: queries below this use ordinary attention (cfg.stock_until or cfg.fit_until)
     rows: dict[int, list[_Row]] = field(default_factory=dict)
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     slots_seen: dict[int, int] = field(default_factory=dict)  # cache slots processed per layer
@@ -240,10 +252,11 @@ class LongHeads(Intervention):
                 "query block; 'token': per-query summary-scored selection (official)"})
     exact_tail: int = field(default=32, metadata={
         "help": "last prompt tokens that select per token with tail_selection (decoding always does)"})
-    tail_selection: str = field(default="max_key", metadata={
-        "help": "chunk score for the exact tail and every decoding step: 'max_key' (default) = the chunk's "
-                "largest un-rotated query-key product; 'max_key_bound' = an upper bound of it from per-chunk key "
-                "max/min (reads 2 vectors per chunk: fast decoding); 'summary' = the official chunk-summary score"})
+    tail_selection: str = field(default="max_key_bound", metadata={
+        "help": "chunk score for the exact tail and every decoding step: 'max_key_bound' (default) = an upper "
+                "bound of the chunk's largest un-rotated query-key product from per-chunk key max/min (reads 2 "
+                "vectors per chunk: fast decoding); 'max_key' = that largest product itself (reads every key for "
+                "every step and head); 'summary' = the official chunk-summary score"})
     tail_recent: int | None = field(default=None, metadata={
         "help": "chunks right before the previous one that the exact tail and decoding always keep (a local "
                 "window, as InfLLM's local tokens); the other K-3-tail_recent slots go to the top-scored older "
@@ -253,6 +266,11 @@ class LongHeads(Intervention):
                 "distance 0; 'window_mean' = the logit averaged over the distances 0..atten_length-1 a selected key "
                 "can sit at (q replaced by mean_d R(d)·q: high-frequency RoPE pairs average out, low-frequency "
                 "ones keep their weight)"})
+    fit_margin: int | None = field(default=None, metadata={
+        "help": "a row whose prompt fits in the model's trained length uses ordinary attention until its position "
+                "passes the trained length by fit_margin tokens: inside the trained length LongHeads is the stock "
+                "model, the answer included (default: chunk_size; 0: selection from max(B, atten_length) on for "
+                "every prompt, as the official code)"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -296,6 +314,7 @@ class LongHeads(Intervention):
             raise ConfigError("longheads.tail_recent", f"{tr!r} must be an integer in [0, K-3] "
                               f"(K = atten_length / chunk_size = {atten // w})", f"0..{atten // w - 3}")
         qb = w if self.query_block is None else check_int("longheads.query_block", self.query_block, low=1)
+        margin = w if self.fit_margin is None else check_int("longheads.fit_margin", self.fit_margin, low=0)
         layers = list(range(model.num_layers)) if self.layers is None else check_int_list(
             "longheads.layers", self.layers, low=0, high=model.num_layers - 1)
         self._check_model(model, layers)
@@ -303,6 +322,9 @@ class LongHeads(Intervention):
             w=w, atten=atten, K=atten // w, begin=begin, qb=qb, tail_recent=tr, score_rope=self.score_rope,
             # Queries below max(B, atten_length) select every chunk, i.e. ordinary attention (module docs).
             stock_until=max(begin, atten),
+            # A prompt that fits runs as the stock model, and so does its answer for fit_margin tokens past the
+            # trained length (a short extrapolation the stock model makes too): LongHeads is for going beyond it.
+            fit_until=trained + margin if trained and margin else 0, trained=trained,
             uses_summaries=self.prefill_selection in ("token", "block") or self.tail_selection == "summary",
             uses_bounds=self.tail_selection == "max_key_bound",
             num_heads=model.num_heads, num_kv=model.num_kv_heads, head_dim=model.head_dim,
@@ -352,8 +374,10 @@ class LongHeads(Intervention):
             if n and not bool(pad[b, :n].all()):
                 raise NotImplementedError("longheads supports left padding only (padding slots must come first)")
         cfg: LongHeadsSettings = sample.resolved
-        state = LongHeadsState(cfg=cfg, n_pad=[int(n) for n in n_pad], trace=[] if self.trace else None,
-                               count_pairs=self.trace or self.pair_stats)
+        prompt = [sample.prompt_length - int(n) for n in n_pad]
+        stock_until = [max(cfg.stock_until, cfg.fit_until) if n <= cfg.trained else cfg.stock_until for n in prompt]
+        state = LongHeadsState(cfg=cfg, n_pad=[int(n) for n in n_pad], stock_until=stock_until,
+                               trace=[] if self.trace else None, count_pairs=self.trace or self.pair_stats)
         device = sample.input_ids.device
         w, K = cfg.w, cfg.K
         probe = torch.zeros(1, dtype=torch.float32, device=device)
@@ -410,7 +434,7 @@ class LongHeads(Intervention):
 
         # 2. Exact pass-through when no query needs selection.
         last_pos = [first_pos[b] + (q_len - first_real[b]) - 1 for b in range(B)]
-        if max(last_pos) < state.cfg.stock_until:
+        if all(last < until for last, until in zip(last_pos, state.stock_until)):
             return call.stock()
 
         out = call.query.new_zeros(B, q_len, H, D)
@@ -520,7 +544,7 @@ class LongHeads(Intervention):
         out = call.query.new_empty(n_new, H, D)
         n_pad = state.n_pad[b]
         positions_end = first_pos + n_new
-        n_stock = max(0, min(positions_end, state.cfg.stock_until) - first_pos)
+        n_stock = max(0, min(positions_end, state.stock_until[b]) - first_pos)
         if n_stock:
             out[:n_stock] = self._stock_rows(call, b, i0, n_pad, first_pos, n_stock)
         exclude_self = (not self.include_self) and call.forward.is_prefill
@@ -757,13 +781,14 @@ class LongHeads(Intervention):
         The score of a selected chunk c' at displacement d is ``(R(d·w)·q_loc)·k_loc`` with ``k_loc =
         R(-(c'·w + pos0))·k_cache`` (:meth:`LongHeadsState.local_keys`). Rotations compose, so it equals
         ``(R((c' + d)·w + pos0)·q_loc)·k_cache``: one rotated query per chunk instead of w rotated keys, and the
-        cached keys are read as they are. With one query there is one displacement per chunk, so a single softmax
-        over the union of the selected keys replaces the per-chunk log-sum-exp merge.
+        cached keys are read as they are.
 
         The chunks every group keeps right before the current one (the previous chunk and the ``tail_recent``
         local window) sit at their true distance, d = c − c', so all of them and the current chunk share the one
         angle ``c·w + pos0``: they are read as one slice of the cache (no gather, no copy). Only chunk 0 and the
-        scored chunks are gathered. Returns ``[1, H, D]``.
+        scored chunks are gathered. Each part goes through the fused SDPA kernel in the cache's dtype (fp32
+        accumulation inside, as the stock model's attention; no fp32 copy of the keys), and the parts are merged
+        exactly with their log-sum-exps. Returns ``[1, H, D]``.
         """
         H, _, D = q_loc.shape
         G, K, w, dev = sel.shape[0], state.cfg.K, state.cfg.w, q_loc.device
@@ -781,22 +806,27 @@ class LongHeads(Intervention):
         angles = torch.cat([(far + d) * w, far.new_full((G, 1), c * w)], dim=1) + row.pos0  # [G, n_far + 1]
         cos, sin = state.rope_at(angles)  # fp32; the last column is the angle of the window and current chunk
         qv = apply_rope(q_loc.reshape(G, 1, r, D).to(acc), cos[:, :, None].to(acc), sin[:, :, None].to(acc))
+        qv = qv.to(q_loc.dtype)  # [G, n_far + 1, r, D]
         kv_of_group = torch.arange(G, device=dev) // (G // Hkv)
         pos = far[:, :, None] * w + torch.arange(w, device=dev)  # [G, n_far, w]
         flat = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
-        keys = key_b.reshape(-1, D).index_select(0, flat).view(G, n_far, w, D).to(acc)
-        vals = value_flat.index_select(0, flat).view(G, n_far * w, D).to(acc)
-        s_far = torch.matmul(qv[:, :n_far], keys.transpose(-1, -2))  # [G, n_far, r, w]
-        # window + current chunk up to the query itself (or before it, include_self=False at prefill)
+        keys = key_b.reshape(-1, D).index_select(0, flat).view(G * n_far, 1, w, D)
+        vals = value_flat.index_select(0, flat).view(G * n_far, 1, w, D)
+        out_far, lse_far = _sdpa_lse(qv[:, :n_far].reshape(G * n_far, 1, r, D), keys, vals, None, scaling)
+        # window + current chunk up to the query itself (or before it, include_self=False at prefill): a view
         lo, hi = n_pad + (c - n_win) * w, n_pad + c * w + int(offs[0]) + (0 if exclude_self else 1)
-        k_win = key_b[:, lo:hi].to(acc)  # [Hkv, n, D], a view in the cache's dtype
-        v_win = value_flat.view(Hkv, total, D)[:, lo:hi].to(acc)
-        q_win = qv[:, n_far].reshape(Hkv, (G // Hkv) * r, D)
-        s_win = torch.matmul(q_win, k_win.transpose(-1, -2)).view(G, r, hi - lo)
-        scores = torch.cat([s_far.permute(0, 2, 1, 3).reshape(G, r, n_far * w), s_win], dim=-1) * scaling
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.matmul(probs[..., : n_far * w], vals)  # [G, r, D]
-        out = out + torch.matmul(probs[..., n_far * w:].reshape(Hkv, (G // Hkv) * r, hi - lo), v_win).view(G, r, D)
+        lse, outs = [lse_far.view(G, n_far, r)], [out_far.view(G, n_far, r, D)]
+        if hi > lo:  # empty only for a lone prefill query at its chunk's start with include_self=False, no window
+            k_win = key_b[:, lo:hi][:, None]  # [Hkv, 1, n, D]
+            v_win = value_flat.view(Hkv, total, D)[:, lo:hi][:, None]
+            out_win, lse_win = _sdpa_lse(qv[:, n_far].reshape(Hkv, 1, (G // Hkv) * r, D), k_win, v_win, None,
+                                         scaling)
+            lse.append(lse_win.view(G, 1, r))
+            outs.append(out_win.view(G, 1, r, D))
+        lse = torch.cat(lse, dim=1).to(acc)  # [G, parts, r]
+        outs = torch.cat(outs, dim=1).to(acc)
+        weights = torch.softmax(lse, dim=1)  # each part's share of the softmax over the union of the keys
+        out = (weights[..., None] * outs).sum(dim=1)  # [G, r, D]
         state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
 
@@ -857,8 +887,10 @@ def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     elsewhere an explicit fp32 computation (small blocks only reach it).
     """
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        # The kernel reads its inputs through their strides: a slice of the cache goes in without a copy.
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.contiguous(), k.contiguous(), v.contiguous(), 0.0, False, attn_mask=mask, scale=scale)
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale)
         return out, lse
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if mask is not None:

@@ -18,6 +18,7 @@ median decode tokens/s and the peak memory.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,8 @@ from hookkit.evals.passkey.build import (
 )
 from hookkit.evals.results import as_number, cell_summary, mean_stderr
 from hookkit.evals.runner import EvalTask, Record, Sample, SampleError
+
+logger = logging.getLogger(__name__)
 
 #: Enough for " " + 5 digits + "." with SmolLM2's one-token digits (§5.3: LongHeads uses len(answer ids)).
 PASSKEY_MAX_NEW_TOKENS = 8
@@ -100,11 +103,18 @@ class PasskeyTask(EvalTask):
         return out
 
     def build_prompt(self, sample: Mapping[str, Any]) -> Any:
+        """The prompt of one sample, of exactly the sample's length where one exists; else (no filler cut reaches
+        it, which the protocol filler has not shown) the longest prompt below it, recorded as
+        ``exact_length: false`` with a warning, instead of losing the grid cell (as NIAH does)."""
         try:
-            return build_passkey_prompt(self.tokenizer, int(sample["length"]), float(sample["depth"]),
-                                        int(sample["passkey"]))
-        except (ValueError, RuntimeError) as exc:  # ExactLengthError is a RuntimeError
+            prompt = build_passkey_prompt(self.tokenizer, int(sample["length"]), float(sample["depth"]),
+                                          int(sample["passkey"]), strict=False)
+        except ValueError as exc:
             raise SampleError(sample["sample_id"], f"cannot build the prompt: {exc}") from exc
+        if not prompt.exact:
+            logger.warning("sample %r: no passkey prompt of exactly %d tokens; using %d tokens",
+                           sample["sample_id"], prompt.target_tokens, prompt.n_tokens)
+        return prompt
 
     # -------------------------------------------------------------- predict / aggregate
     def predict(self, batch: list[Sample]) -> list[Record]:
