@@ -322,7 +322,8 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, b
 @pytest.mark.seam
 @pytest.mark.parametrize("gqa,include_self,settings", [
     ("query_head", True, OFFICIAL), ("kv_head", True, OFFICIAL), ("query_head", False, OFFICIAL),
-    ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS), ("query_head", True, BLOCK),
+    ("query_head", True, DEFAULTS), ("kv_head", True, DEFAULTS), ("query_head", False, DEFAULTS),
+    ("query_head", True, BLOCK),
     ("query_head", True, dict(prefill_selection="token", tail_selection="max_key", exact_tail=9)),
     ("query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9)),
@@ -334,7 +335,7 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, b
                               score_rope="window_mean")),
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9,
                            score_rope="window_mean")),
-], ids=["official", "official-kv", "official-noself", "default", "default-kv", "block", "token-maxkey", "recent-maxkey",
+], ids=["official", "official-kv", "official-noself", "default", "default-kv", "default-noself", "block", "token-maxkey", "recent-maxkey",
         "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv", "recent-bound",
         "token-bound-tailrecent-kv", "recent-maxkey-window-mean", "recent-bound-window-mean-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,

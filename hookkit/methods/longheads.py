@@ -689,7 +689,48 @@ class LongHeads(Intervention):
         if state.trace is not None:
             state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)),
                                 "chunks": torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)})
+        if score == "recent":
+            return self._attend_recent(state, row, q_loc, c, offs, key_b, value_flat, total, n_pad, scaling,
+                                       exclude_self)
         return self._attend(state, row, q_loc, sel, c, offs, key_b, value_flat, total, n_pad, scaling, exclude_self)
+
+    def _attend_recent(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, c: int, offs: torch.Tensor,
+                       key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int, scaling: float,
+                       exclude_self: bool) -> torch.Tensor:
+        """:meth:`_attend` for a block with ``prefill_selection="recent"``: a sink plus a sliding window.
+
+        Every query of the block selects chunk 0 and chunks c−K+2 … c−1, plus its own chunk c. Ranked, chunk c' ≥
+        c−K+2 sits at displacement d = c − c': its true distance. So the window is ordinary causal attention over
+        one slice of the cache with the query at its true angle ``c·w + p₀`` on ``q_loc`` (relative trick of
+        :meth:`_attend_one`): no gather, no rotated copy of the keys. Chunk 0 sits at d = K−1, i.e. the query at
+        angle ``(K−1)·w + p₀`` against chunk 0's cached keys. Both parts go through the fused kernel in the cache's
+        dtype and are merged by their log-sum-exps. Returns ``[Qb, H, D]``.
+        """
+        H, Qb, D = q_loc.shape
+        K, w, Hkv, dev = state.cfg.K, state.cfg.w, state.cfg.num_kv, q_loc.device
+        r = H // Hkv
+        acc = torch.promote_types(q_loc.dtype, torch.float32)
+        cos, sin = state.rope_at(torch.tensor([c * w, (K - 1) * w], device=dev) + row.pos0)  # [2, D] fp32
+        q = q_loc.to(acc)
+        q_win, q_sink = (apply_rope(q, cos[i].to(acc), sin[i].to(acc)).to(q_loc.dtype).reshape(Hkv, 1, r * Qb, D)
+                         for i in (0, 1))
+        lo, hi = n_pad + (c - K + 2) * w, n_pad + c * w + int(offs[-1]) + 1  # up to the block's last query
+        values = value_flat.view(Hkv, total, D)
+        kpos = torch.arange(hi - lo, device=dev) - (K - 2) * w  # key offset from chunk c's start
+        allowed = (kpos[None] < offs[:, None]) if exclude_self else (kpos[None] <= offs[:, None])  # [Qb, n]
+        mask = torch.zeros(Qb, hi - lo, dtype=q_loc.dtype, device=dev).masked_fill(~allowed,
+                                                                                   torch.finfo(q_loc.dtype).min)
+        out_w, lse_w = _sdpa_lse(q_win, key_b[:, lo:hi][:, None], values[:, lo:hi][:, None],
+                                 mask.repeat(r, 1)[None, None], scaling)
+        out_s, lse_s = _sdpa_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None], values[:, n_pad:n_pad + w][:, None],
+                                 None, scaling)
+        weights = torch.softmax(torch.stack([lse_s, lse_w]).to(acc), dim=0)  # each part's share of the softmax
+        out = weights[0, ..., None] * out_s.to(acc) + weights[1, ..., None] * out_w.to(acc)  # [Hkv, 1, r*Qb, D]
+        state.count_block(Qb, K)
+        if state.count_pairs:  # every selected chunk at one displacement, plus the current chunk
+            state.stats["pairs_sum"] += K
+            state.stats["pairs_max"] = max(state.stats["pairs_max"], K)
+        return out.to(q_loc.dtype).view(H, Qb, D).transpose(0, 1)
 
     def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
                 offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
