@@ -88,11 +88,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hookkit import compat
 from hookkit.core.intervention import AttnCall, Binding, HookContext, Intervention, SampleInfo
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
+from hookkit.methods.rope_attention import apply_rope, check_rotation, rotate_half, sdpa_with_lse
 from hookkit.models.base import ModelInfo, rotary_embedding
 
 GQA_CHOICES = ("query_head", "kv_head")
@@ -104,17 +104,6 @@ DEFAULT_ATTEN_LENGTH = 4096
 MAX_KEY_GROUP = 8
 #: Queries whose max-key scores are computed together (each is rotated to the w local offsets first).
 MAX_KEY_QUERIES = 8
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF's RoPE pairing (dims i and i + D/2), as in ``modeling_llama.rotate_half``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``R(p)·x`` for broadcastable ``cos``/``sin`` of the angles ``p·θ``."""
-    return x * cos + rotate_half(x) * sin
 
 
 @dataclass
@@ -362,7 +351,7 @@ class LongHeads(Intervention):
             raise UnsupportedModelError(
                 f"longheads re-indexes RoPE positions, but layers {no_rope} apply no rotary embedding "
                 "(no_rope_layers); choose `layers` among the others or use another method")
-        _check_rotation(model, rot, first)
+        check_rotation(model, rot, first)
 
 
     # ------------------------------------------------------------------ state
@@ -720,9 +709,9 @@ class LongHeads(Intervention):
         allowed = (kpos[None] < offs[:, None]) if exclude_self else (kpos[None] <= offs[:, None])  # [Qb, n]
         mask = torch.zeros(Qb, hi - lo, dtype=q_loc.dtype, device=dev).masked_fill(~allowed,
                                                                                    torch.finfo(q_loc.dtype).min)
-        out_w, lse_w = _sdpa_lse(q_win, key_b[:, lo:hi][:, None], values[:, lo:hi][:, None],
+        out_w, lse_w = sdpa_with_lse(q_win, key_b[:, lo:hi][:, None], values[:, lo:hi][:, None],
                                  mask.repeat(r, 1)[None, None], scaling)
-        out_s, lse_s = _sdpa_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None], values[:, n_pad:n_pad + w][:, None],
+        out_s, lse_s = sdpa_with_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None], values[:, n_pad:n_pad + w][:, None],
                                  None, scaling)
         weights = torch.softmax(torch.stack([lse_s, lse_w]).to(acc), dim=0)  # each part's share of the softmax
         out = weights[0, ..., None] * out_s.to(acc) + weights[1, ..., None] * out_w.to(acc)  # [Hkv, 1, r*Qb, D]
@@ -783,7 +772,7 @@ class LongHeads(Intervention):
         cached = key_b.reshape(-1, D).index_select(0, flat).view(G, U, w, D)
         keys = state.local_keys(cached, order, row.pos0)
         vals = value_flat.index_select(0, flat)
-        out_p, lse_p = _sdpa_lse(rows, keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D), None, scaling)
+        out_p, lse_p = sdpa_with_lse(rows, keys.view(G * U, 1, w, D), vals.view(G * U, 1, w, D), None, scaling)
         # 4. The current chunk (d = 0, causal; without the query itself when include_self=False at prefill).
         cpos = (c * w + torch.arange(w, device=dev)).clamp_max(row.length - 1)  # future slots: masked
         cur = state.local_keys(key_b.index_select(1, n_pad + cpos)[:, None], torch.tensor([c], device=dev),
@@ -793,7 +782,7 @@ class LongHeads(Intervention):
         kpos = torch.arange(w, device=dev)[None, :]
         allowed = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])  # [Qb, w]
         cmask = torch.zeros(Qb, w, dtype=q_loc.dtype, device=dev).masked_fill(~allowed, torch.finfo(q_loc.dtype).min)
-        out_c, lse_c = _sdpa_lse(q_loc.view(G, 1, R, D), ck[:, None], cv[:, None],
+        out_c, lse_c = sdpa_with_lse(q_loc.view(G, 1, R, D), ck[:, None], cv[:, None],
                                  cmask.repeat(r, 1)[None, None], scaling)
         # 5. Exact merge of the partial attentions with their log-sum-exps (weight 0 where a query did not select
         #    the chunk), as flash attention merges key blocks.
@@ -853,14 +842,14 @@ class LongHeads(Intervention):
         flat = (kv_of_group[:, None, None] * total + n_pad + pos).reshape(-1)
         keys = key_b.reshape(-1, D).index_select(0, flat).view(G * n_far, 1, w, D)
         vals = value_flat.index_select(0, flat).view(G * n_far, 1, w, D)
-        out_far, lse_far = _sdpa_lse(qv[:, :n_far].reshape(G * n_far, 1, r, D), keys, vals, None, scaling)
+        out_far, lse_far = sdpa_with_lse(qv[:, :n_far].reshape(G * n_far, 1, r, D), keys, vals, None, scaling)
         # window + current chunk up to the query itself (or before it, include_self=False at prefill): a view
         lo, hi = n_pad + (c - n_win) * w, n_pad + c * w + int(offs[0]) + (0 if exclude_self else 1)
         lse, outs = [lse_far.view(G, n_far, r)], [out_far.view(G, n_far, r, D)]
         if hi > lo:  # empty only for a lone prefill query at its chunk's start with include_self=False, no window
             k_win = key_b[:, lo:hi][:, None]  # [Hkv, 1, n, D]
             v_win = value_flat.view(Hkv, total, D)[:, lo:hi][:, None]
-            out_win, lse_win = _sdpa_lse(qv[:, n_far].reshape(Hkv, 1, (G // Hkv) * r, D), k_win, v_win, None,
+            out_win, lse_win = sdpa_with_lse(qv[:, n_far].reshape(Hkv, 1, (G // Hkv) * r, D), k_win, v_win, None,
                                          scaling)
             lse.append(lse_win.view(G, 1, r))
             outs.append(out_win.view(G, 1, r, D))
@@ -918,52 +907,3 @@ def _distinct_per_row(dq: torch.Tensor) -> float:
     new = (s[:, :, 1:] != s[:, :, :-1]) & (s[:, :, 1:] >= 0)
     first = (s[:, :, :1] >= 0)
     return float((new.sum() + first.sum()).item()) / dq.shape[0]
-
-
-def _sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output and log-sum-exp of the scaled scores, ``([B, H, Q, D], [B, H, Q])``, 4-D inputs.
-
-    On CPU this is torch's fused flash kernel (the one SDPA dispatches to), which also returns the log-sum-exp;
-    elsewhere an explicit fp32 computation (small blocks only reach it).
-    """
-    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        # The kernel reads its inputs through their strides: a slice of the cache goes in without a copy.
-        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=mask, scale=scale)
-        return out, lse
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if mask is not None:
-        s = s + mask.float()
-    lse = torch.logsumexp(s, dim=-1)
-    out = torch.matmul(torch.softmax(s, dim=-1), v.float()).to(q.dtype)
-    return out, lse
-
-
-def _check_rotation(model: ModelInfo, rotary: Any, attention: Any) -> None:
-    """Refuse rotary conventions LongHeads' own rotation does not reproduce (it rotates every dim, pairing i with
-    i + D/2 as Llama's ``rotate_half``): partial rotary (StableLm, Phi), interleaved pairs (Cohere), or anything the
-    modeling file's ``apply_rotary_pos_emb`` does differently on a probe."""
-    name = type(model.model).__name__
-    D = model.head_dim
-    probe = torch.randn(1, 1, 5, D, generator=torch.Generator().manual_seed(0))
-    positions = torch.tensor([[0, 1, 7, 100, 1000]])
-    with torch.no_grad():
-        cos, sin = rotary(probe, positions)
-    if cos.shape[-1] != D:
-        raise UnsupportedModelError(
-            f"longheads rotates whole heads, but {name} applies RoPE to {cos.shape[-1]} of {D} dims per head "
-            "(partial rotary); not supported")
-    apply = compat.modeling_function(attention, "apply_rotary_pos_emb")
-    if apply is None:
-        raise UnsupportedModelError(f"longheads cannot check the rotary convention of {name}: its modeling file "
-                                    "has no apply_rotary_pos_emb")
-    with torch.no_grad():
-        theirs = apply(probe, probe, cos, sin)[0].float()
-        ours = apply_rope(probe, cos[:, None].float(), sin[:, None].float())
-    if not torch.allclose(theirs, ours, atol=1e-5, rtol=1e-4):
-        raise UnsupportedModelError(
-            f"longheads re-applies RoPE with Llama's pairing (dims i and i + D/2), but {name} rotates differently "
-            f"(max difference {float((theirs - ours).abs().max()):.2g} on a probe; e.g. interleaved pairs); "
-            "not supported")
