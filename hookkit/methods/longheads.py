@@ -31,10 +31,7 @@ nothing is rotated at a position outside the trained range.
 
 Exactness: when every query of a forward sits below ``max(B, atten_length)`` the call goes straight to the
 layer's stock attention with the call's own arguments (``AttnCall.stock``: bit-identical to the stock model).
-A row whose prompt fits in the model's trained length stays on that path until its position passes the trained
-length by ``fit_margin`` tokens (default one chunk): inside the trained length LongHeads is the stock model, the
-answer to such a prompt included (LongHeads exists to go beyond the trained length; see "Prompts that fit" in
-docs/methods/longheads.md for what selection cost there).
+A row whose prompt fits in the trained length stays on that path longer (``fit_margin``, difference 9 below).
 Between B and ``atten_length`` every chunk fits in the budget, the selection is "everything" and the re-indexed positions are the
 true ones, so those queries also take the ordinary causal path.
 
@@ -92,7 +89,7 @@ from hookkit.core.intervention import AttnCall, Binding, HookContext, Interventi
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
-from hookkit.methods.rope_attention import apply_rope, check_rotation, rotate_half, sdpa_with_lse
+from hookkit.methods.rope_attention import apply_rope, check_rotation, rotate_half, rotation_matrices, sdpa_with_lse
 from hookkit.models.base import ModelInfo, rotary_embedding
 
 GQA_CHOICES = ("query_head", "kv_head")
@@ -197,17 +194,7 @@ class LongHeadsState:
     def rotation(self, dtype: torch.dtype) -> torch.Tensor:
         """``[D, K*D]``: the matrices of R(d·w), d = 0..K-1, side by side (``x @ M_d == R(d·w)·x``)."""
         if dtype not in self.rotations:
-            cos, sin = self.rope_disp  # [K, D], HF layout cat(c, c) / cat(s, s)
-            K, D = cos.shape
-            half = D // 2
-            wide = torch.promote_types(dtype, torch.float32)
-            # rotate_half(x) == x @ P with P[i + D/2, i] = -1 and P[i, i + D/2] = 1 (modeling_llama.rotate_half)
-            P = torch.zeros(D, D, dtype=wide, device=cos.device)
-            idx = torch.arange(half, device=cos.device)
-            P[idx + half, idx] = -1.0
-            P[idx, idx + half] = 1.0
-            mats = torch.diag_embed(cos.to(wide)) + P[None] * sin.to(wide)[:, None, :]  # [K, D, D]
-            self.rotations[dtype] = mats.permute(1, 0, 2).reshape(D, K * D).to(dtype).contiguous()
+            self.rotations[dtype] = rotation_matrices(*self.rope_disp, dtype)
         return self.rotations[dtype]
     # Diagnostics per selective block (sums over blocks): distinct (chunk, displacement) pairs and distinct
     # chunks per selection group, the work of the block is queries x chunks x w.

@@ -27,6 +27,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def rotation_matrices(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[D, K*D]``: the matrices of the rotations with ``cos``/``sin`` ``[K, D]`` (HF layout cat(c, c) / cat(s, s))
+    side by side, so that ``x @ M_d == R_d·x``: K rotated variants of x in one matmul."""
+    K, D = cos.shape
+    half = D // 2
+    wide = torch.promote_types(dtype, torch.float32)
+    # rotate_half(x) == x @ P with P[i + D/2, i] = -1 and P[i, i + D/2] = 1 (modeling_llama.rotate_half)
+    P = torch.zeros(D, D, dtype=wide, device=cos.device)
+    idx = torch.arange(half, device=cos.device)
+    P[idx + half, idx] = -1.0
+    P[idx, idx + half] = 1.0
+    mats = torch.diag_embed(cos.to(wide)) + P[None] * sin.to(wide)[:, None, :]  # [K, D, D]
+    return mats.permute(1, 0, 2).reshape(D, K * D).to(dtype).contiguous()
+
+
 def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output and log-sum-exp of the scaled scores, ``([B, H, Q, D], [B, H, Q])``, 4-D inputs.
