@@ -167,14 +167,15 @@ def recorded_recipe(out: Path, recipe: Any) -> Any:
 
     if recipe is None:
         return None
+    new = recipe.to_dict()
+    later = {k: v for k, v in SPELLED_OUT_LATER.items() if k in new["methods"][0]["params"]}
     for results in sorted(out.glob("results_*.json")):
         old = (json.loads(results.read_text()).get("intervention") or {}).get("recipe")
-        if not old or len(old["methods"]) != 1 or old == recipe.to_dict():
+        if not old or len(old["methods"]) != 1 or old == new:
             continue
-        spec, params = old["methods"][0], recipe.to_dict()["methods"][0]["params"]
-        later = {k: v for k, v in SPELLED_OUT_LATER.items() if k in params}
+        spec = old["methods"][0]
         filled = {**old, "methods": [{**spec, "params": {**later, **spec["params"]}}]}
-        if filled == recipe.to_dict():
+        if filled == new:
             print(f"{out}: extending the run with its recorded recipe {spec['params']} (the same computation)",
                   flush=True)
             return Recipe.from_dict(old)

@@ -89,7 +89,14 @@ from hookkit.core.intervention import AttnCall, Binding, HookContext, Interventi
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
-from hookkit.methods.rope_attention import apply_rope, check_rotation, rotate_half, rotation_matrices, sdpa_with_lse
+from hookkit.methods.rope_attention import (
+    apply_rope,
+    check_rotation,
+    merge_by_lse,
+    rotate_half,
+    rotation_matrices,
+    sdpa_with_lse,
+)
 from hookkit.models.base import ModelInfo, rotary_embedding
 
 GQA_CHOICES = ("query_head", "kv_head")
@@ -697,11 +704,10 @@ class LongHeads(Intervention):
         mask = torch.zeros(Qb, hi - lo, dtype=q_loc.dtype, device=dev).masked_fill(~allowed,
                                                                                    torch.finfo(q_loc.dtype).min)
         out_w, lse_w = sdpa_with_lse(q_win, key_b[:, lo:hi][:, None], values[:, lo:hi][:, None],
-                                 mask.repeat(r, 1)[None, None], scaling)
-        out_s, lse_s = sdpa_with_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None], values[:, n_pad:n_pad + w][:, None],
-                                 None, scaling)
-        weights = torch.softmax(torch.stack([lse_s, lse_w]).to(acc), dim=0)  # each part's share of the softmax
-        out = weights[0, ..., None] * out_s.to(acc) + weights[1, ..., None] * out_w.to(acc)  # [Hkv, 1, r*Qb, D]
+                                     mask.repeat(r, 1)[None, None], scaling)
+        out_s, lse_s = sdpa_with_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None],
+                                     values[:, n_pad:n_pad + w][:, None], None, scaling)
+        out = merge_by_lse(torch.stack([out_s, out_w]), torch.stack([lse_s, lse_w]), dim=0)  # [Hkv, 1, r*Qb, D]
         state.count_block(Qb, K)
         if state.count_pairs:  # every selected chunk at one displacement, plus the current chunk
             state.stats["pairs_sum"] += K
@@ -770,7 +776,7 @@ class LongHeads(Intervention):
         allowed = (kpos < offs[:, None]) if exclude_self else (kpos <= offs[:, None])  # [Qb, w]
         cmask = torch.zeros(Qb, w, dtype=q_loc.dtype, device=dev).masked_fill(~allowed, torch.finfo(q_loc.dtype).min)
         out_c, lse_c = sdpa_with_lse(q_loc.view(G, 1, R, D), ck[:, None], cv[:, None],
-                                 cmask.repeat(r, 1)[None, None], scaling)
+                                     cmask.repeat(r, 1)[None, None], scaling)
         # 5. Exact merge of the partial attentions with their log-sum-exps (weight 0 where a query did not select
         #    the chunk), as flash attention merges key blocks.
         acc = torch.promote_types(q_loc.dtype, torch.float32)
@@ -836,14 +842,11 @@ class LongHeads(Intervention):
         if hi > lo:  # empty only for a lone prefill query at its chunk's start with include_self=False, no window
             k_win = key_b[:, lo:hi][:, None]  # [Hkv, 1, n, D]
             v_win = value_flat.view(Hkv, total, D)[:, lo:hi][:, None]
-            out_win, lse_win = sdpa_with_lse(qv[:, n_far].reshape(Hkv, 1, (G // Hkv) * r, D), k_win, v_win, None,
-                                         scaling)
+            out_win, lse_win = sdpa_with_lse(qv[:, n_far].reshape(Hkv, 1, (G // Hkv) * r, D), k_win, v_win,
+                                             None, scaling)
             lse.append(lse_win.view(G, 1, r))
             outs.append(out_win.view(G, 1, r, D))
-        lse = torch.cat(lse, dim=1).to(acc)  # [G, parts, r]
-        outs = torch.cat(outs, dim=1).to(acc)
-        weights = torch.softmax(lse, dim=1)  # each part's share of the softmax over the union of the keys
-        out = (weights[..., None] * outs).sum(dim=1)  # [G, r, D]
+        out = merge_by_lse(torch.cat(outs, dim=1), torch.cat(lse, dim=1), dim=1)  # parts along dim 1 -> [G, r, D]
         state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
 

@@ -63,6 +63,14 @@ def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     return out, lse
 
 
+def merge_by_lse(outs: torch.Tensor, lse: torch.Tensor, dim: int) -> torch.Tensor:
+    """Attention over the union of disjoint key sets from the parts' outputs ``outs`` and log-sum-exps ``lse``
+    (stacked along ``dim``; ``outs`` has one more trailing dim): each part weighs by its share of the softmax."""
+    acc = torch.promote_types(outs.dtype, torch.float32)
+    weights = torch.softmax(lse.to(acc), dim=dim)
+    return (weights.unsqueeze(-1) * outs.to(acc)).sum(dim=dim)
+
+
 def check_rotation(model: ModelInfo, rotary: Any, attention: Any) -> None:
     """Refuse rotary conventions LongHeads' own rotation does not reproduce (it rotates every dim, pairing i with
     i + D/2 as Llama's ``rotate_half``): partial rotary (StableLm, Phi), interleaved pairs (Cohere), or anything the
