@@ -215,7 +215,7 @@ def phase_passkey(args: argparse.Namespace) -> None:
 
 
 def phase_niah(args: argparse.Namespace) -> None:
-    """Needle in natural text: ``--haystack`` (kjv | pydoc) x ``--needle`` phrasing, ``--depths`` per length (one
+    """Needle in natural text: ``--haystack`` (kjv | pydoc | licenses) x ``--needle`` phrasing, ``--depths`` per length (one
     trial per depth), every method on the same prompts; all runs collected into ``NIAH_FILE``."""
     from hookkit.evals.niah.task import NiahTask
 
@@ -624,7 +624,7 @@ def main() -> None:
     p.add_argument("--method", default="stock")
     p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
     p.add_argument("--trials", type=int, default=10)
-    p.add_argument("--haystack", default="pydoc", help="niah: kjv | pydoc (default pydoc)")
+    p.add_argument("--haystack", default="pydoc", help="niah: kjv | pydoc | licenses (default pydoc)")
     p.add_argument("--needle", default="code", help="niah: a needle phrasing of hookkit.evals.niah.NIAH_NEEDLES")
     p.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")],
                    default=[0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],

@@ -166,12 +166,33 @@ def test_pydoc_haystack_is_python_documentation_and_recorded() -> None:
 
     text = load_pydoc_text()
     assert len(text) > 200_000 and "assert" in text and text != load_kjv_text()
-    assert set(HAYSTACKS) == {"kjv", "pydoc"}
+    assert set(HAYSTACKS) == {"kjv", "pydoc", "licenses"}
     _, tok = tiny()
     entry = NiahTask(tok, [64], [50], haystack="pydoc").data_files()[0]
     assert entry["path"] == "pydoc_data.topics" and "Python 3." in entry["version"] and len(entry["sha256"]) == 64
     with pytest.raises(ValueError, match="unknown needle 'sandwhich'; allowed: sandwich, code"):
         NiahTask(tok, [64], [50], needle="sandwhich")
+
+
+def test_licenses_haystack_is_the_shipped_licence_texts_and_recorded() -> None:
+    from hookkit.evals.corpus import LICENSES_SHA256, corpus_sha256, load_licenses_text
+
+    text = load_licenses_text()
+    # the documented format: 14 verbatim licence texts in file-name order, one blank line apart, final newline
+    assert corpus_sha256(text) == LICENSES_SHA256 and text.endswith(".\n") and text.isascii()
+    titles = ["Apache License", "The \"Artistic License\"", "Copyright (c) The Regents of the University of California",
+              "Creative Commons Legal Code", "GNU Free Documentation License", "GNU Free Documentation License",
+              "GNU GENERAL PUBLIC LICENSE", "GNU GENERAL PUBLIC LICENSE", "GNU GENERAL PUBLIC LICENSE",
+              "GNU LIBRARY GENERAL PUBLIC LICENSE", "GNU LESSER GENERAL PUBLIC LICENSE",
+              "GNU LESSER GENERAL PUBLIC LICENSE", "MOZILLA PUBLIC LICENSE", "Mozilla Public License"]
+    position = -1
+    for title in titles:  # each title found after the previous one: all 14 present, in file-name order
+        position = text.find(title, position + 1)
+        assert position != -1, title
+    _, tok = tiny()
+    entry = NiahTask(tok, [64], [50], haystack="licenses").data_files()[0]
+    assert entry["path"].endswith("licenses.txt.gz") and entry["sha256"] == entry["expected_sha256"] == LICENSES_SHA256
+    assert "base-files" in entry["version"]
 
 
 def test_niah_vary_start_gives_each_trial_its_own_seeded_haystack_line(tmp_path: Path) -> None:

@@ -49,6 +49,11 @@ __all__ = [
     "KJV_NUM_VERSES",
     "KJVChapter",
     "load_kjv_text",
+    "LICENSES_RESOURCE",
+    "LICENSES_SHA256",
+    "load_licenses_text",
+    "load_pydoc_text",
+    "HAYSTACKS",
     "corpus_sha256",
     "kjv_chapters",
     "split_train_heldout",
@@ -107,10 +112,30 @@ def load_pydoc_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-#: built-in NIAH haystacks: name -> (loader, description). Two texts that differ in kind (scripture vs technical).
+#: File name of the gzip-compressed licence texts inside ``hookkit/evals/data``.
+LICENSES_RESOURCE = "licenses.txt.gz"
+#: SHA-256 of the *uncompressed* UTF-8 text (see PROVENANCE.md, "Licence texts").
+LICENSES_SHA256 = "0679b1c8d169f0ea6ba90385a1b7df9653864e3556238f4b2264b59c59cfcc59"
+
+
+@lru_cache(maxsize=1)
+def load_licenses_text() -> str:
+    """The 14 free-software licence texts of Debian's ``base-files`` (``/usr/share/common-licenses``: Apache-2.0,
+    Artistic, BSD, CC0-1.0, GFDL-1.2/1.3, GPL-1/2/3, LGPL-2/2.1/3, MPL-1.1/2.0), each verbatim but for its
+    leading and trailing blank lines, joined in that order by one blank line, one final newline: ~237k characters (~52k SmolLM2 tokens) of legal prose, a third kind of haystack beside
+    scripture and technical documentation. Shipped as package data (each licence permits verbatim copies);
+    no network."""
+    ref = resources.files("hookkit.evals").joinpath("data", LICENSES_RESOURCE)
+    with ref.open("rb") as fh:
+        return gzip.decompress(fh.read()).decode("utf-8")
+
+
+#: built-in NIAH haystacks: name -> (loader, description). Three texts that differ in kind (scripture, technical
+#: documentation, legal prose).
 HAYSTACKS = {
     "kjv": (load_kjv_text, "the King James Bible (Debian bible-kjv-text 4.38, public domain; shipped)"),
     "pydoc": (load_pydoc_text, "Python's reference documentation topics (pydoc_data, PSF licence; in CPython)"),
+    "licenses": (load_licenses_text, "14 free-software licence texts (Debian base-files 12.4+deb12u11; shipped)"),
 }
 
 

@@ -6,7 +6,8 @@ Francisco?"``, the ``<|im_start|> This is a very long story book: <book> {contex
 decoding with ``max_new_tokens=50``, the response decoded without special tokens and stripped, scored by
 ROUGE-1 F × 10 (``rouge-score``, stemmer on). hookkit adds an exact-substring scorer (the needle's key phrase,
 case- and whitespace-insensitive). The haystack is the shipped public-domain KJV text (provenance in
-``hookkit/evals/data/PROVENANCE.md``; no network) or Python's documentation topics (``pydoc``), and the needle
+``hookkit/evals/data/PROVENANCE.md``; no network), Python's documentation topics (``pydoc``) or the shipped
+free-software licence texts (``licenses``), and the needle
 one of several phrasings (``NIAH_NEEDLES``), and every prompt is built to an exact token count
 (:func:`hookkit.evals.niah.build_niah_prompt`).
 
@@ -22,7 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hookkit.evals.corpus import HAYSTACKS, KJV_RESOURCE, KJV_SHA256, corpus_sha256
+from hookkit.evals.corpus import (
+    HAYSTACKS,
+    KJV_RESOURCE,
+    KJV_SHA256,
+    LICENSES_RESOURCE,
+    LICENSES_SHA256,
+    corpus_sha256,
+)
 from hookkit.evals.decoding import eos_ids, greedy_generate
 from hookkit.evals.niah.build import (
     PROMPT_TEMPLATE,
@@ -52,7 +60,7 @@ class NiahTask(EvalTask):
         lengths: context lengths in tokens (the grid's "Token Limit").
         depths: needle depths in percent (0-100).
         haystack: haystack text, or the name of a built-in one (:data:`hookkit.evals.corpus.HAYSTACKS`: ``kjv``,
-            the default, or ``pydoc``).
+            the default, ``pydoc`` or ``licenses``).
         haystack_name: how a haystack given as text is named in ``data_files``.
         needle: a needle phrasing (:data:`hookkit.evals.niah.NIAH_NEEDLES`; default ``sandwich``, §6.2).
         max_new_tokens: greedy budget (§6.2: 50).
@@ -89,7 +97,8 @@ class NiahTask(EvalTask):
         self.builtin = haystack if haystack in HAYSTACKS else None
         if self.builtin is not None:
             self.haystack = HAYSTACKS[self.builtin][0]()
-            self.haystack_name = f"hookkit/evals/data/{KJV_RESOURCE}" if self.builtin == "kjv" else "pydoc_data.topics"
+            self.haystack_name = {"kjv": f"hookkit/evals/data/{KJV_RESOURCE}", "pydoc": "pydoc_data.topics",
+                                  "licenses": f"hookkit/evals/data/{LICENSES_RESOURCE}"}[self.builtin]
         else:
             self.haystack, self.haystack_name = haystack, haystack_name or "haystack"
         self.needle_name = needle
@@ -208,6 +217,10 @@ class NiahTask(EvalTask):
         if self.builtin == "kjv":
             entry["version"] = "Debian bible-kjv-text 4.38 (public domain); see hookkit/evals/data/PROVENANCE.md"
             entry["expected_sha256"] = KJV_SHA256
+        elif self.builtin == "licenses":
+            entry["version"] = ("Debian base-files 12.4+deb12u11, /usr/share/common-licenses (verbatim copies); "
+                                "see hookkit/evals/data/PROVENANCE.md")
+            entry["expected_sha256"] = LICENSES_SHA256
         elif self.builtin == "pydoc":
             import platform
 
