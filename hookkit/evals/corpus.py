@@ -92,10 +92,14 @@ def load_kjv_text() -> str:
 
     The result is cached; strings are immutable so sharing it is safe.
     """
-    ref = resources.files("hookkit.evals").joinpath("data", KJV_RESOURCE)
+    return _read_gzip_resource(KJV_RESOURCE)
+
+
+def _read_gzip_resource(name: str) -> str:
+    """The UTF-8 text of the gzip-compressed package-data file ``hookkit/evals/data/<name>``."""
+    ref = resources.files("hookkit.evals").joinpath("data", name)
     with ref.open("rb") as fh:
-        raw = gzip.decompress(fh.read())
-    return raw.decode("utf-8")
+        return gzip.decompress(fh.read()).decode("utf-8")
 
 
 @lru_cache(maxsize=1)
@@ -122,12 +126,10 @@ LICENSES_SHA256 = "0679b1c8d169f0ea6ba90385a1b7df9653864e3556238f4b2264b59c59cfc
 def load_licenses_text() -> str:
     """The 14 free-software licence texts of Debian's ``base-files`` (``/usr/share/common-licenses``: Apache-2.0,
     Artistic, BSD, CC0-1.0, GFDL-1.2/1.3, GPL-1/2/3, LGPL-2/2.1/3, MPL-1.1/2.0), each verbatim but for its
-    leading and trailing blank lines, joined in that order by one blank line, one final newline: ~237k characters (~52k SmolLM2 tokens) of legal prose, a third kind of haystack beside
-    scripture and technical documentation. Shipped as package data (each licence permits verbatim copies);
+    leading and trailing blank lines, joined in that order by one blank line, one final newline: ~237k characters
+    (~52k SmolLM2 tokens) of legal prose, a third kind of haystack beside scripture and technical documentation. Shipped as package data (each licence permits verbatim copies);
     no network."""
-    ref = resources.files("hookkit.evals").joinpath("data", LICENSES_RESOURCE)
-    with ref.open("rb") as fh:
-        return gzip.decompress(fh.read()).decode("utf-8")
+    return _read_gzip_resource(LICENSES_RESOURCE)
 
 
 #: built-in NIAH haystacks: name -> (loader, description). Three texts that differ in kind (scripture, technical

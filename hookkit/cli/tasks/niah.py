@@ -92,6 +92,6 @@ def run_niah(args: argparse.Namespace) -> int:
 
 
 NIAH = TaskCommand(
-    help="needle in a haystack over a length x depth grid (KJV, pydoc or licence-text haystack, several needles): ROUGE-1 x10 "
-         "and substring scores",
+    help="needle in a haystack over a length x depth grid (KJV, pydoc or licence-text haystack, several needles): "
+         "ROUGE-1 x10 and substring scores",
     description="Protocol: eval-protocols.md §6.2.", add_arguments=add_niah_arguments, run=run_niah)
