@@ -162,7 +162,7 @@ def test_niah_default_haystack_is_the_shipped_kjv() -> None:
 
 
 def test_pydoc_haystack_is_python_documentation_and_recorded() -> None:
-    from hookkit.evals.corpus import HAYSTACKS, load_kjv_text, load_pydoc_text
+    from hookkit.evals.corpus import HAYSTACKS, corpus_sha256, load_kjv_text, load_pydoc_text
 
     text = load_pydoc_text()
     assert len(text) > 200_000 and "assert" in text and text != load_kjv_text()
@@ -170,6 +170,9 @@ def test_pydoc_haystack_is_python_documentation_and_recorded() -> None:
     _, tok = tiny()
     entry = NiahTask(tok, [64], [50], haystack="pydoc").data_files()[0]
     assert entry["path"] == "pydoc_data.topics" and "Python 3." in entry["version"] and len(entry["sha256"]) == 64
+    assert "expected_sha256" not in entry  # the text follows the running Python: no fixed hash to check against
+    for name, builtin in HAYSTACKS.items():  # every fixed hash is the shipped text's
+        assert builtin.expected_sha256 in (None, corpus_sha256(builtin.load())), name
     with pytest.raises(ValueError, match="unknown needle 'sandwhich'; allowed: sandwich, code"):
         NiahTask(tok, [64], [50], needle="sandwhich")
 

@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -53,6 +54,7 @@ __all__ = [
     "LICENSES_SHA256",
     "load_licenses_text",
     "load_pydoc_text",
+    "Haystack",
     "HAYSTACKS",
     "corpus_sha256",
     "kjv_chapters",
@@ -132,12 +134,37 @@ def load_licenses_text() -> str:
     return _read_gzip_resource(LICENSES_RESOURCE)
 
 
-#: built-in NIAH haystacks: name -> (loader, description). Three texts that differ in kind (scripture, technical
-#: documentation, legal prose).
-HAYSTACKS = {
-    "kjv": (load_kjv_text, "the King James Bible (Debian bible-kjv-text 4.38, public domain; shipped)"),
-    "pydoc": (load_pydoc_text, "Python's reference documentation topics (pydoc_data, PSF licence; in CPython)"),
-    "licenses": (load_licenses_text, "14 free-software licence texts (Debian base-files 12.4+deb12u11; shipped)"),
+@dataclass(frozen=True)
+class Haystack:
+    """A built-in NIAH haystack: how to load it, and what a result records about it (``data_files``)."""
+
+    load: Callable[[], str]
+    description: str
+    path: str  # the file (or module) the text comes from, recorded as ``data_files``' path
+    version: Callable[[], str]  # where the text comes from and its version (a function: pydoc's is the running Python's)
+    expected_sha256: str | None = None  # SHA-256 of the text, when it is fixed (shipped files); None for pydoc
+
+
+def _python_docs_version() -> str:
+    import platform
+
+    return f"pydoc_data.topics of Python {platform.python_version()} (PSF licence)"
+
+
+#: built-in NIAH haystacks by name: three texts that differ in kind (scripture, technical documentation, legal prose).
+HAYSTACKS: dict[str, Haystack] = {
+    "kjv": Haystack(
+        load_kjv_text, "the King James Bible (Debian bible-kjv-text 4.38, public domain; shipped)",
+        f"hookkit/evals/data/{KJV_RESOURCE}",
+        lambda: "Debian bible-kjv-text 4.38 (public domain); see hookkit/evals/data/PROVENANCE.md", KJV_SHA256),
+    "pydoc": Haystack(
+        load_pydoc_text, "Python's reference documentation topics (pydoc_data, PSF licence; in CPython)",
+        "pydoc_data.topics", _python_docs_version),
+    "licenses": Haystack(
+        load_licenses_text, "14 free-software licence texts (Debian base-files 12.4+deb12u11; shipped)",
+        f"hookkit/evals/data/{LICENSES_RESOURCE}",
+        lambda: ("Debian base-files 12.4+deb12u11, /usr/share/common-licenses (verbatim copies); "
+                 "see hookkit/evals/data/PROVENANCE.md"), LICENSES_SHA256),
 }
 
 

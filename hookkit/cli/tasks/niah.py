@@ -28,7 +28,8 @@ def add_niah_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depths", type=float_list, default=[0.0, 25.0, 50.0, 75.0, 100.0], metavar="P[,P...]",
                    help="needle depths in percent (default 0,25,50,75,100)")
     g.add_argument("--haystack", default="kjv", metavar="NAME|FILE",
-                   help=f"built-in haystack ({', '.join(HAYSTACKS)}; default kjv) or a UTF-8 text file")
+                   help="built-in haystack (" + "; ".join(f"{name}: {h.description}" for name, h in HAYSTACKS.items())
+                   + "; default kjv) or a UTF-8 text file")
     g.add_argument("--needle", default="sandwich", choices=list(NIAH_NEEDLES),
                    help="needle phrasing (default sandwich, §6.2; the others vary what is retrieved and how it is asked)")
     g.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS,

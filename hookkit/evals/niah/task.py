@@ -23,14 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hookkit.evals.corpus import (
-    HAYSTACKS,
-    KJV_RESOURCE,
-    KJV_SHA256,
-    LICENSES_RESOURCE,
-    LICENSES_SHA256,
-    corpus_sha256,
-)
+from hookkit.evals.corpus import HAYSTACKS, corpus_sha256
 from hookkit.evals.decoding import eos_ids, greedy_generate
 from hookkit.evals.niah.build import (
     PROMPT_TEMPLATE,
@@ -96,9 +89,8 @@ class NiahTask(EvalTask):
         haystack = "kjv" if haystack is None else haystack
         self.builtin = haystack if haystack in HAYSTACKS else None
         if self.builtin is not None:
-            self.haystack = HAYSTACKS[self.builtin][0]()
-            self.haystack_name = {"kjv": f"hookkit/evals/data/{KJV_RESOURCE}", "pydoc": "pydoc_data.topics",
-                                  "licenses": f"hookkit/evals/data/{LICENSES_RESOURCE}"}[self.builtin]
+            self.haystack = HAYSTACKS[self.builtin].load()
+            self.haystack_name = HAYSTACKS[self.builtin].path
         else:
             self.haystack, self.haystack_name = haystack, haystack_name or "haystack"
         self.needle_name = needle
@@ -214,17 +206,11 @@ class NiahTask(EvalTask):
     def data_files(self) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"path": self.haystack_name, "sha256": corpus_sha256(self.haystack),
                                  "role": "haystack"}
-        if self.builtin == "kjv":
-            entry["version"] = "Debian bible-kjv-text 4.38 (public domain); see hookkit/evals/data/PROVENANCE.md"
-            entry["expected_sha256"] = KJV_SHA256
-        elif self.builtin == "licenses":
-            entry["version"] = ("Debian base-files 12.4+deb12u11, /usr/share/common-licenses (verbatim copies); "
-                                "see hookkit/evals/data/PROVENANCE.md")
-            entry["expected_sha256"] = LICENSES_SHA256
-        elif self.builtin == "pydoc":
-            import platform
-
-            entry["version"] = f"pydoc_data.topics of Python {platform.python_version()} (PSF licence)"
+        if self.builtin is not None:
+            builtin = HAYSTACKS[self.builtin]
+            entry["version"] = builtin.version()
+            if builtin.expected_sha256 is not None:
+                entry["expected_sha256"] = builtin.expected_sha256
         return [entry]
 
     def higher_is_better(self) -> dict[str, bool]:
