@@ -52,7 +52,7 @@ NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
            "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
-           "longheads-bound-fit", "stock-cut", "stock-cut-needle")
+           "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -92,6 +92,16 @@ for _base in ("longheads", "longheads-bound"):
     # The library default since: a prompt that fits in the trained length runs as the stock model, its answer too
     # until it passes the trained length by one chunk (256 tokens).
     LONGHEADS_PARAMS[f"{_base}-fit"] = {**LONGHEADS_PARAMS[_base], "fit_margin": 256}
+# Candidate "LongHeads with NTK-scaled RoPE inside the window" (diagnostic): the model runs with static NTK-aware
+# RoPE, base * NTK_ALPHA ** (D / (D - 2)) (bloc97's NTK-aware scaling, the static form of transformers' dynamic
+# NTK), which reads NTK_ALPHA x the trained length; LongHeads then gives every head that many tokens (16384 on
+# SmolLM2, K = 64 chunks) and selects only beyond it. Up to 16k this is the static NTK model itself; at 32k each
+# head sees half the context instead of an eighth. The "trained length" LongHeads reads is the scaled model's
+# (max_position_embeddings = NTK_ALPHA x 8192), so prompts up to 16k run as that model. Not a library option:
+# inside the trained length it is NTK, not stock (docs/benchmarks.md, sixth pass).
+NTK_ALPHA = 2
+LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
+                                       "begin_selective": 16384, "tail_recent": 37}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
 #: CUT_KEEP - CUT_HEAD tokens (what LongHeads' ``longheads-recent`` lets the last token see, as one short prompt).
 #: ``stock-cut-needle``: the same budget, but one 256-token span around the needle replaces as many tokens of the
@@ -139,10 +149,22 @@ def load(method: str, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
     from hookkit.cli.evaluation import rope_parameters
 
     rope = rope_parameters(MODEL, ("dynamic", 2.0)) if method == "ntk" else None
-    model, tok = hookkit.load(MODEL, dtype=dtype, **({"rope_parameters": rope} if rope else {}))
+    overrides: dict[str, Any] = {"rope_parameters": rope} if rope else {}
+    if method == "longheads-ntk16k":
+        from transformers import AutoConfig
+
+        from hookkit import compat
+        from hookkit.models.loading import resolve
+
+        cfg = compat.text_config(AutoConfig.from_pretrained(resolve(MODEL).source))
+        dim = cfg.head_dim
+        rope = {"rope_type": "default", "rope_theta": cfg.rope_parameters["rope_theta"] * NTK_ALPHA ** (dim / (dim - 2))}
+        overrides = {"rope_parameters": rope, "max_position_embeddings": NTK_ALPHA * cfg.max_position_embeddings}
+    model, tok = hookkit.load(MODEL, dtype=dtype, **overrides)
     import torch
 
     info = {"model": MODEL, "dtype": dtype, "device": "cpu", "rope_parameters": rope,
+            "max_position_embeddings": overrides.get("max_position_embeddings"),
             "torch_threads": torch.get_num_threads(), "method": method}
     return model, tok, info
 
@@ -247,9 +269,18 @@ def phase_niah(args: argparse.Namespace) -> None:
 
 
 def _collect_niah() -> None:
-    """Every NIAH run under ``runs/longcontext/niah`` with its per-sample records, into ``NIAH_FILE``."""
+    """Every NIAH run under ``runs/longcontext/niah`` with its per-sample records, into ``NIAH_FILE``.
+
+    ``runs/`` is git-ignored and local to one machine, while ``NIAH_FILE`` is the record: a run found on disk
+    replaces the file's entry for the same (haystack, needle, start, method, length), and entries with no run on
+    this machine are kept as they are (a fresh clone adding one run must not drop the others).
+    """
     from hookkit.evals.runner import read_jsonl
 
+    def key(run: dict[str, Any]) -> tuple[Any, ...]:
+        return run["haystack"], run["needle"], run["haystack_start"], run["method"], run["length"]
+
+    kept = {key(r): r for r in json.loads(NIAH_FILE.read_text())["runs"]} if NIAH_FILE.exists() else {}
     runs = []
     for samples in sorted((RUNS / "niah").glob("*/*/len*/samples_niah.jsonl")):
         folder = samples.parent
@@ -267,8 +298,10 @@ def _collect_niah() -> None:
                      "records": [{k: r.get(k, r.get(f"_{k}")) for k in (
                          "sample_id", "depth_percent", "actual_depth_percent", "haystack_start", "n_tokens",
                          "model_tokens", "exact_length", "response", "score", "substring", "prefill_s",
-                         "decode_tok_s", "peak_rss_bytes")} for r in records]})
-    _write(NIAH_FILE, {"runs": runs, "machine": machine()})
+                         "decode_tok_s", "peak_rss_bytes")} for r in records],
+                     "machine": machine()})
+    kept.update((key(r), r) for r in runs)
+    _write(NIAH_FILE, {"runs": [kept[k] for k in sorted(kept)], "machine": machine()})
 
 
 def phase_niah_table(args: argparse.Namespace) -> None:
@@ -497,6 +530,12 @@ def phase_summary(args: argparse.Namespace) -> None:
 
     summary: dict[str, Any] = {"machine": machine(), "passkey": {}, "longppl": {}, "cost": None, "pairs": None,
                                "commands": COMMANDS}
+    # runs/ is local to one machine; RESULT is the record: runs found here replace their entries, the rest is kept
+    # (a fresh clone that reruns one cell must not drop the others).
+    if RESULT.exists():
+        recorded = json.loads(RESULT.read_text())
+        summary["passkey"] = recorded.get("passkey") or {}
+        summary["longppl"] = recorded.get("longppl") or {}
     for method in METHODS:
         for folder in sorted((RUNS / "passkey" / method).glob("len*")):
             samples = folder / "samples_passkey.jsonl"

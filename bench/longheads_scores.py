@@ -56,7 +56,11 @@ RULES = ("official", "fixed_with_needle", "official_plus_needle", "raw_key_summa
 # ``everywhere_plus_needle``: the needle's chunk also replaces the oldest chunk of every prompt token's selection once
 # it is complete, so the whole recent part of the prompt sees it (as a stock model does on a short prompt made of
 # the first chunk, the needle's span and the recent tokens: ``bench/longcontext.py niah --methods stock-cut-needle``).
-LONG_RULES = ("defaults", "defaults_plus_needle", "recent_plus_needle", "everywhere_plus_needle")
+LONG_RULES = ("defaults", "defaults_plus_needle", "recent_plus_needle", "everywhere_plus_needle", "pooled_tail")
+# ``pooled_tail`` (a candidate score, SnapKV's observation window, Li et al. 2024): the exact tail's queries (the
+# question) pool their attention over the whole context, position-free (softmax of q_raw·k_raw/sqrt(D) over the
+# keys of chunks 1..c-2, summed per chunk and over the tail's queries, per query head); the tail and every decoding
+# step then keep chunk 0, the local window and the best chunks by that pooled mass, fixed once the prompt is read.
 
 
 class Diagnostic(LongHeads):
@@ -71,8 +75,34 @@ class Diagnostic(LongHeads):
         self.rotary = binding.resolved.rotary  # for the raw-key summaries below (a diagnostic, one model per run)
         return binding
 
+    def _pooled_select(self, state, row, q_raw, c, key_b, n_pad):
+        H, Qb, D = q_raw.shape
+        cfg = state.cfg
+        w, Hkv = cfg.w, cfg.num_kv
+        if Qb > 1 or getattr(row, "pooled", None) is None:  # the prompt's exact tail: pool its queries' attention
+            n = (c - 2) * w
+            pos = torch.arange(w, w + n)
+            cos, sin = state.rope_at(pos + row.pos0)
+            k_raw = apply_rope(key_b[:, n_pad + w:n_pad + w + n].float(), cos, -sin)  # R(-p)·k_cache: raw keys
+            q = q_raw.float().reshape(Hkv, -1, D)  # query heads of a KV group share its keys
+            attn = torch.softmax(q @ k_raw.transpose(1, 2) / D ** 0.5, dim=-1)  # [Hkv, r*Qb, n]
+            mass = attn.view(H, Qb, c - 2, w).sum(dim=(1, 3))  # [H, c-2]
+            old = getattr(row, "pooled", None)
+            if old is not None:
+                mass[:, :old.shape[1]] += old
+            row.pooled = mass
+        pooled = row.pooled
+        scores = torch.zeros(H, c - 2)
+        scores[:, :pooled.shape[1]] = pooled[:, :c - 2]
+        scores = scores[:, None].expand(H, Qb, c - 2).clone()
+        scores[..., max(0, c - 2 - cfg.tail_recent):] = float("inf")
+        return torch.topk(scores, cfg.K - 3, dim=-1).indices.sort(dim=-1).values + 1
+
     def _select(self, state, row, q_raw, c, score, key_b, n_pad):  # type: ignore[override]
-        top = super()._select(state, row, q_raw, c, score, key_b, n_pad)
+        if self.rule == "pooled_tail" and score in ("max_key", "max_key_bound"):
+            top = self._pooled_select(state, row, q_raw, c, key_b, n_pad)
+        else:
+            top = super()._select(state, row, q_raw, c, score, key_b, n_pad)
         if score in ("max_key", "max_key_bound"):
             hit = (top == self.needle_chunk).any(-1)  # [G, Qb]
             self.misses.append([int((~hit[:, -1]).sum()), hit.shape[0]])
