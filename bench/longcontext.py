@@ -52,7 +52,8 @@ NIAH_FILE = ROOT / "bench" / "results" / "niah_natural.json"
 METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-block", "longheads-official",
            "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
-           "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle")
+           "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
+           "stock-cut8k-needle")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -110,23 +111,28 @@ CUT_HEAD, CUT_KEEP = 256, 4096
 MODEL = "smollm2"
 
 
-def cut_prompt(ids: list[int], needle_span: tuple[int, int] | None = None) -> list[int]:
-    """``stock-cut``: the first CUT_HEAD and the last CUT_KEEP - CUT_HEAD tokens of ``ids`` (unchanged when it is no
-    longer than CUT_KEEP). With ``needle_span`` (``stock-cut-needle``), CUT_HEAD tokens centred on the needle replace
+#: ``stock-cut8k`` / ``stock-cut8k-needle``: the same with an 8192-token budget (SmolLM2's trained length): the
+#: view a head would have with ``atten_length`` = the trained length.
+CUT_KEEP_TRAINED = 8192
+
+
+def cut_prompt(ids: list[int], needle_span: tuple[int, int] | None = None, keep: int = CUT_KEEP) -> list[int]:
+    """``stock-cut``: the first CUT_HEAD and the last ``keep`` - CUT_HEAD tokens of ``ids`` (unchanged when it is no
+    longer than ``keep``). With ``needle_span`` (``stock-cut-needle``), CUT_HEAD tokens centred on the needle replace
     as many of the recent ones."""
-    if len(ids) <= CUT_KEEP:
+    if len(ids) <= keep:
         return ids
     if needle_span is None:
-        return ids[:CUT_HEAD] + ids[len(ids) - (CUT_KEEP - CUT_HEAD):]
-    mid = needle_window_start(len(ids), needle_span)
-    return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - (CUT_KEEP - 2 * CUT_HEAD):]
+        return ids[:CUT_HEAD] + ids[len(ids) - (keep - CUT_HEAD):]
+    mid = needle_window_start(len(ids), needle_span, keep)
+    return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - (keep - 2 * CUT_HEAD):]
 
 
-def needle_window_start(n_tokens: int, needle_span: tuple[int, int]) -> int:
+def needle_window_start(n_tokens: int, needle_span: tuple[int, int], keep: int = CUT_KEEP) -> int:
     """First token of the CUT_HEAD-token window ``stock-cut-needle`` keeps around the needle (centred on it, after
     the head and before the recent tokens)."""
     lo, hi = needle_span
-    return min(max(CUT_HEAD, lo - (CUT_HEAD - (hi - lo)) // 2), n_tokens - (CUT_KEEP - 2 * CUT_HEAD) - CUT_HEAD)
+    return min(max(CUT_HEAD, lo - (CUT_HEAD - (hi - lo)) // 2), n_tokens - (keep - 2 * CUT_HEAD) - CUT_HEAD)
 
 
 def int_list(text: str) -> list[int]:
@@ -243,18 +249,26 @@ def phase_niah(args: argparse.Namespace) -> None:
 
     class CutNiahTask(NiahTask):
         keep_needle = False
+        keep = CUT_KEEP
 
         def model_input_ids(self, prompt: Any) -> Any:
-            return cut_prompt(prompt.input_ids, prompt.needle_token_span if self.keep_needle else None)
+            return cut_prompt(prompt.input_ids, prompt.needle_token_span if self.keep_needle else None, self.keep)
 
     class CutNeedleNiahTask(CutNiahTask):
         keep_needle = True
+
+    class Cut8kNiahTask(CutNiahTask):
+        keep = CUT_KEEP_TRAINED
+
+    class Cut8kNeedleNiahTask(CutNeedleNiahTask):
+        keep = CUT_KEEP_TRAINED
 
     dtype = setup(args.threads, args.dtype)
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
         for length in args.lengths:
-            task_class = {"stock-cut": CutNiahTask, "stock-cut-needle": CutNeedleNiahTask}.get(method, NiahTask)
+            task_class = {"stock-cut": CutNiahTask, "stock-cut-needle": CutNeedleNiahTask,
+                          "stock-cut8k": Cut8kNiahTask, "stock-cut8k-needle": Cut8kNeedleNiahTask}.get(method, NiahTask)
             task = task_class(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
                               trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
             suffix = "-varied" if args.vary_start else ""
