@@ -81,7 +81,7 @@ class Diagnostic(LongHeads):
         w, Hkv = cfg.w, cfg.num_kv
         if Qb > 1 or getattr(row, "pooled", None) is None:  # the prompt's exact tail: pool its queries' attention
             n = (c - 2) * w
-            pos = torch.arange(w, w + n)
+            pos = torch.arange(w, w + n, device=key_b.device)
             cos, sin = state.rope_at(pos + row.pos0)
             k_raw = apply_rope(key_b[:, n_pad + w:n_pad + w + n].float(), cos, -sin)  # R(-p)·k_cache: raw keys
             q = q_raw.float().reshape(Hkv, -1, D)  # query heads of a KV group share its keys
@@ -92,7 +92,7 @@ class Diagnostic(LongHeads):
                 mass[:, :old.shape[1]] += old
             row.pooled = mass
         pooled = row.pooled
-        scores = torch.zeros(H, c - 2)
+        scores = pooled.new_zeros(H, c - 2)
         scores[:, :pooled.shape[1]] = pooled[:, :c - 2]
         scores = scores[:, None].expand(H, Qb, c - 2).clone()
         scores[..., max(0, c - 2 - cfg.tail_recent):] = float("inf")
