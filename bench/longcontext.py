@@ -53,7 +53,7 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
-           "stock-cut8k-needle")
+           "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -101,6 +101,10 @@ for _base in ("longheads", "longheads-bound"):
 # (max_position_embeddings = NTK_ALPHA x 8192), so prompts up to 16k run as that model. Not a library option:
 # inside the trained length it is NTK, not stock (docs/benchmarks.md, sixth pass).
 NTK_ALPHA = 2
+# Diagnostic (bench/longheads_anchored.py): the prompt's last K-1 chunks attend as one truncated prompt; with the
+# defaults' answer rules, and with the answer's slots all recent (the view of ``stock-cut``).
+ANCHORED_PARAMS = {"longheads-anchored": dict(LONGHEADS_PARAMS["longheads-bound-fit"]),
+                   "longheads-anchored-recent": {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_recent": 13}}
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
@@ -219,8 +223,15 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
 
     recipe = recorded_recipe(out, recipe_for(method))
     intervention = None if recipe is None else {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
+    attached: Any = recipe
+    if method in ANCHORED_PARAMS:  # a bench-only subclass (bench/longheads_anchored.py), attached as an instance
+        from bench.longheads_anchored import AnchoredLongHeads
+
+        attached = AnchoredLongHeads(**ANCHORED_PARAMS[method])
+        intervention = {"diagnostic": "bench/longheads_anchored.py AnchoredLongHeads",
+                        "params": ANCHORED_PARAMS[method]}
     task.model = model
-    with hookkit.attach(model, recipe) if recipe is not None else contextlib.nullcontext():
+    with hookkit.attach(model, attached) if attached is not None else contextlib.nullcontext():
         return evaluate(task, output_dir=out, model_info=info, intervention=intervention, seed=0, resume=True,
                         limit=limit, retry_errors=retry_errors, cli_args={"argv": sys.argv})
 
