@@ -690,16 +690,17 @@ class LongHeads(Intervention):
         dtype and are merged by their log-sum-exps. Returns ``[Qb, H, D]``.
         """
         H, Qb, D = q_loc.shape
-        K, w, Hkv, dev = state.cfg.K, state.cfg.w, state.cfg.num_kv, q_loc.device
+        w, Hkv, dev = state.cfg.w, state.cfg.num_kv, q_loc.device
         r = H // Hkv
+        first = self._window_start(state, c)  # the window's first chunk (c-K+2: chunk 0 sits at d = K-1)
         acc = torch.promote_types(q_loc.dtype, torch.float32)
-        cos, sin = state.rope_at(torch.tensor([c * w, (K - 1) * w], device=dev) + row.pos0)  # [2, D] fp32
+        cos, sin = state.rope_at(torch.tensor([c * w, (c - first + 1) * w], device=dev) + row.pos0)  # [2, D] fp32
         q = q_loc.to(acc)
         q_win, q_sink = (apply_rope(q, cos[i].to(acc), sin[i].to(acc)).to(q_loc.dtype).reshape(Hkv, 1, r * Qb, D)
                          for i in (0, 1))
-        lo, hi = n_pad + (c - K + 2) * w, n_pad + c * w + int(offs[-1]) + 1  # up to the block's last query
+        lo, hi = n_pad + first * w, n_pad + c * w + int(offs[-1]) + 1  # up to the block's last query
         values = value_flat.view(Hkv, total, D)
-        kpos = torch.arange(hi - lo, device=dev) - (K - 2) * w  # key offset from chunk c's start
+        kpos = torch.arange(hi - lo, device=dev) - (c - first) * w  # key offset from chunk c's start
         allowed = (kpos[None] < offs[:, None]) if exclude_self else (kpos[None] <= offs[:, None])  # [Qb, n]
         mask = torch.zeros(Qb, hi - lo, dtype=q_loc.dtype, device=dev).masked_fill(~allowed,
                                                                                    torch.finfo(q_loc.dtype).min)
@@ -708,11 +709,16 @@ class LongHeads(Intervention):
         out_s, lse_s = sdpa_with_lse(q_sink, key_b[:, n_pad:n_pad + w][:, None],
                                      values[:, n_pad:n_pad + w][:, None], None, scaling)
         out = merge_by_lse(torch.stack([out_s, out_w]), torch.stack([lse_s, lse_w]), dim=0)  # [Hkv, 1, r*Qb, D]
-        state.count_block(Qb, K)
+        n = c - first + 2  # chunk 0, the window, the current chunk: K with the library's window
+        state.count_block(Qb, n)
         if state.count_pairs:  # every selected chunk at one displacement, plus the current chunk
-            state.stats["pairs_sum"] += K
-            state.stats["pairs_max"] = max(state.stats["pairs_max"], K)
+            state.stats["pairs_sum"] += n
+            state.stats["pairs_max"] = max(state.stats["pairs_max"], n)
         return out.to(q_loc.dtype).view(H, Qb, D).transpose(0, 1)
+
+    def _window_start(self, state: LongHeadsState, c: int) -> int:
+        """First window chunk of a "recent" block in chunk c (bench/longheads_anchored.py overrides it)."""
+        return c - state.cfg.K + 2
 
     def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
                 offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
