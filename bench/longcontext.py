@@ -53,7 +53,8 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-bound", "longheads-bound-8k", "longheads-recent", "longheads-trained", "longheads-bound-trained",
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
-           "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent")
+           "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent", "longheads-gated",
+           "longheads-gated16", "longheads-gated48", "longheads-anchored-gated16")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -103,8 +104,24 @@ for _base in ("longheads", "longheads-bound"):
 NTK_ALPHA = 2
 # Diagnostic (bench/longheads_anchored.py): the prompt's last K-1 chunks attend as one truncated prompt; with the
 # defaults' answer rules, and with the answer's slots all recent (the view of ``stock-cut``).
-ANCHORED_PARAMS = {"longheads-anchored": dict(LONGHEADS_PARAMS["longheads-bound-fit"]),
-                   "longheads-anchored-recent": {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_recent": 13}}
+# Diagnostic (bench/longheads_gated.py): the answer's scored slots take a far chunk only where it out-scores the
+# local window; alone and with the anchored prompt. Each diagnostic: (module:class, params), attached as an instance.
+DIAGNOSTICS = {
+    "longheads-anchored": ("bench.longheads_anchored:AnchoredLongHeads",
+                           dict(LONGHEADS_PARAMS["longheads-bound-fit"])),
+    "longheads-anchored-recent": ("bench.longheads_anchored:AnchoredLongHeads",
+                                  {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_recent": 13}),
+    "longheads-gated": ("bench.longheads_gated:GatedLongHeads",
+                        {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 0.0}),
+    # margins on the raw q·k scale: 16 = 2 nats of logit (q·k/sqrt(64)), 48 = 6 nats; chosen on pydoc 12k and the
+    # 16k passkey (bench/results/longheads_slot_margins.json)
+    "longheads-gated16": ("bench.longheads_gated:GatedLongHeads",
+                          {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 16.0}),
+    "longheads-gated48": ("bench.longheads_gated:GatedLongHeads",
+                          {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 48.0}),
+    "longheads-anchored-gated16": ("bench.longheads_gated:AnchoredGatedLongHeads",
+                                   {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 16.0}),
+}
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
@@ -224,12 +241,13 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
     recipe = recorded_recipe(out, recipe_for(method))
     intervention = None if recipe is None else {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
     attached: Any = recipe
-    if method in ANCHORED_PARAMS:  # a bench-only subclass (bench/longheads_anchored.py), attached as an instance
-        from bench.longheads_anchored import AnchoredLongHeads
+    if method in DIAGNOSTICS:  # a bench-only LongHeads subclass, attached as an instance
+        import importlib
 
-        attached = AnchoredLongHeads(**ANCHORED_PARAMS[method])
-        intervention = {"diagnostic": "bench/longheads_anchored.py AnchoredLongHeads",
-                        "params": ANCHORED_PARAMS[method]}
+        where, params = DIAGNOSTICS[method]
+        module, name = where.split(":")
+        attached = getattr(importlib.import_module(module), name)(**params)
+        intervention = {"diagnostic": f"{module.replace('.', '/')}.py {name}", "params": params}
     task.model = model
     with hookkit.attach(model, attached) if attached is not None else contextlib.nullcontext():
         return evaluate(task, output_dir=out, model_info=info, intervention=intervention, seed=0, resume=True,
@@ -561,6 +579,8 @@ def phase_summary(args: argparse.Namespace) -> None:
         recorded = json.loads(RESULT.read_text())
         summary["passkey"] = recorded.get("passkey") or {}
         summary["longppl"] = recorded.get("longppl") or {}
+        # the machine of the entries that name none (passkey entries collected since name their own)
+        summary["machine"] = recorded.get("machine") or summary["machine"]
     for method in METHODS:
         for folder in sorted((RUNS / "passkey" / method).glob("len*")):
             samples = folder / "samples_passkey.jsonl"
@@ -575,7 +595,7 @@ def phase_summary(args: argparse.Namespace) -> None:
                 "prefill_s_median": _median([r["_prefill_s"] for r in recs]),
                 "decode_tok_s_median": _median([r["_decode_tok_s"] for r in recs if r.get("_decode_tok_s")]),
                 "peak_rss_bytes_max": max((r["_peak_rss_bytes"] or 0) for r in recs),
-                "records": recs}
+                "machine": machine(), "records": recs}  # passes run on different machines
         for folder in sorted((RUNS / "longppl" / method).glob("n*")):
             res_file = folder / "results_longppl.json"
             if res_file.exists():

@@ -43,38 +43,25 @@ hides, per query, the pairs it did not select, plus the future inside the curren
 disagree a lot is split in halves. Memory per block is O(query_block · pairs · w), independent of the context, so
 peak attention memory grows linearly with the context.
 
-Differences from the official code (each one deliberate; see docs/methods/longheads.md):
+Differences from the official code (each one deliberate; the table and the measurements behind it are in
+docs/methods/longheads.md, "Differences from the official code"):
 
-1. **GQA** (the official code is MHA only): selection per *query head* by default (summaries per query head from
-   the group's shared keys; methods-llm.md §1.10 choice A); ``gqa_selection="kv_head"`` selects per KV head by
-   summing the group's chunk scores (choice B, cheaper).
-2. **The query sees its own key at prefill** (``include_self=True``), as at decode. The official prefill drops it
-   (pitfall §1.8.2); ``include_self=False`` reproduces that quirk (prefill only, decode always includes it).
-3. **Summaries are maintained below B** (every completed chunk gets its summary, during prefill and decoding), so
-   generation crossing B works; the official code raises there (pitfall §1.8.3).
-4. **Decode at a chunk-completing token** uses the same rule as prefill (chunk 0, previous chunk and current chunk
-   forced, K−3 by score). The official decode, when the current token completes its chunk (L mod w = 0), forces
-   only chunk 0 and the just-completed chunk and lets the previous chunk compete.
+1. **GQA** (the official code is MHA only): selection per *query head* (methods-llm.md §1.10 choice A);
+   ``gqa_selection="kv_head"`` sums the group's chunk scores (choice B).
+2. **The query sees its own key at prefill** (``include_self=False`` restores the official quirk, §1.8.2).
+3. **Summaries are maintained below B**, so generation crossing B works (the official code raises, §1.8.3).
+4. **Decode at a chunk-completing token** forces chunk 0, the previous and the current chunk, as prefill does.
 5. **Relative RoPE trick** instead of re-rotating gathered raw keys at positions 0…n−1 (mathematically equal).
-6. **Batches with left padding** (rows handled independently; positions count real tokens), any number of layers
-   (``layers``; default all, as the official code), any Llama-style model with plain RoPE (Llama, Qwen2 with
-   biases, Mistral without sliding window, LLaVA/Idefics3 text towers).
+6. **Batches with left padding**, any subset of ``layers``, any Llama-style model with plain RoPE.
 7. Queries between B and ``atten_length`` use ordinary attention (identical math, see above).
-8. **Chunk selection for the prompt and scores for the answer** (defaults; the official rules are
-   ``prefill_selection="token", tail_selection="summary", tail_recent=0, fit_margin=0``): the prompt before its last
-   ``exact_tail`` tokens attends to chunk 0 and its last K−1 chunks (``prefill_selection="recent"``: sink +
-   sliding window, no scores), so every prompt token's hidden state is computed from the context the model was
-   trained on; the exact tail and every decoding step keep chunk 0 and a local window (``tail_recent`` chunks
-   before the previous one) and retrieve the rest from the whole context, scoring a chunk by an upper bound of its
-   largest un-rotated ``q·k`` from the chunk's per-dimension key max and min (``_bound_scores``; the exact
-   maximum, ``tail_selection="max_key"``, answers the same passkeys and decodes at a fraction of the speed, as it
-   reads every key for every step and head). With the official summary score SmolLM2 failed passkey trials even
-   inside its trained length; with score-selected prompt chunks (``"block"``, an earlier default) or every answer
-   chunk by score it failed needles far beyond B (docs/methods/longheads.md, "Chunk scores" and "Prompt selection
-   and the answer's local window").
+8. **Chunk selection** (the official rules are ``prefill_selection="token", tail_selection="summary",
+   tail_recent=0, fit_margin=0``): the prompt before its last ``exact_tail`` tokens attends to chunk 0 and its
+   last K−1 chunks (sink + sliding window, no scores); the exact tail and every decoding step keep chunk 0 and a
+   local window of ``tail_recent`` chunks and retrieve the rest by an upper bound of each chunk's largest
+   un-rotated ``q·k`` (``_bound_scores``). The official summary score failed passkey trials inside the trained
+   length; scored prompt chunks, or every answer chunk by score, failed needles far beyond B.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
-   ``fit_margin`` tokens (default ``chunk_size``); ``fit_margin=0`` selects from ``max(B, atten_length)`` on for
-   every prompt, as the official code.
+   ``fit_margin`` tokens (default ``chunk_size``).
 """
 
 from __future__ import annotations
@@ -606,12 +593,16 @@ class LongHeads(Intervention):
         if self.gqa_selection == "kv_head":
             scores = scores.view(state.cfg.num_kv, -1, *scores.shape[1:]).sum(dim=1)
         if state.cfg.tail_recent and score == self.tail_selection:
-            # Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their
-            # score set to +inf; ``scores`` is a fresh tensor on every path), the remaining slots go to the
-            # best-scored older chunks.
-            scores[..., max(0, c - 2 - state.cfg.tail_recent):] = float("inf")
+            scores = self._keep_local_window(state, scores, c)
         top = torch.topk(scores, K - 3, dim=-1).indices.sort(dim=-1).values + 1
         return top.expand(-1, Qb, -1) if score == "shared" else top
+
+    def _keep_local_window(self, state: LongHeadsState, scores: torch.Tensor, c: int) -> torch.Tensor:
+        """Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their score
+        set to +inf; ``scores`` is a fresh tensor on every path), the remaining slots go to the best-scored older
+        chunks."""
+        scores[..., max(0, c - 2 - state.cfg.tail_recent):] = float("inf")
+        return scores
 
     def _max_key_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, key_b: torch.Tensor,
                         n_pad: int) -> torch.Tensor:
