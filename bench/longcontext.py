@@ -54,7 +54,7 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
            "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent", "longheads-gated",
-           "longheads-gated16", "longheads-gated48", "longheads-anchored-gated16")
+           "longheads-gated16", "longheads-gated48")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -105,7 +105,7 @@ NTK_ALPHA = 2
 # Diagnostic (bench/longheads_anchored.py): the prompt's last K-1 chunks attend as one truncated prompt; with the
 # defaults' answer rules, and with the answer's slots all recent (the view of ``stock-cut``).
 # Diagnostic (bench/longheads_gated.py): the answer's scored slots take a far chunk only where it out-scores the
-# local window; alone and with the anchored prompt. Each diagnostic: (module:class, params), attached as an instance.
+# local window. Each diagnostic: (module:class, params), attached as an instance.
 DIAGNOSTICS = {
     "longheads-anchored": ("bench.longheads_anchored:AnchoredLongHeads",
                            dict(LONGHEADS_PARAMS["longheads-bound-fit"])),
@@ -119,8 +119,6 @@ DIAGNOSTICS = {
                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 16.0}),
     "longheads-gated48": ("bench.longheads_gated:GatedLongHeads",
                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 48.0}),
-    "longheads-anchored-gated16": ("bench.longheads_gated:AnchoredGatedLongHeads",
-                                   {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 16.0}),
 }
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}

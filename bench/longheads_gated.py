@@ -28,7 +28,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: ``bench`` importable
 
-from bench.longheads_anchored import AnchoredLongHeads  # noqa: E402
 from hookkit.methods.longheads import LongHeads  # noqa: E402
 
 # Below every real score (raw q·k products, |s| << 1e6) yet exact in fp32 when a chunk index (< 1e4) is added to it
@@ -53,11 +52,6 @@ class GatedLongHeads(LongHeads):
         recency = _RECENCY_BAND + torch.arange(lo, device=scores.device, dtype=scores.dtype)
         scores[..., :lo] = torch.where(wins, far, recency.expand_as(far))
         return super()._keep_local_window(state, scores, c)
-
-
-@dataclass(eq=False)
-class AnchoredGatedLongHeads(AnchoredLongHeads, GatedLongHeads):
-    """Both diagnostics: the prompt's last K−1 chunks read as one truncated prompt, and gated answer slots."""
 
 
 # ---------------------------------------------------------------------------------------------- margins
