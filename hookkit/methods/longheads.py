@@ -600,7 +600,7 @@ class LongHeads(Intervention):
     def _keep_local_window(self, state: LongHeadsState, scores: torch.Tensor, c: int) -> torch.Tensor:
         """Exact tail and decoding: the tail_recent chunks before the previous one are always kept (their score
         set to +inf; ``scores`` is a fresh tensor on every path), the remaining slots go to the best-scored older
-        chunks."""
+        chunks (bench/longheads_gated.py overrides it)."""
         scores[..., max(0, c - 2 - state.cfg.tail_recent):] = float("inf")
         return scores
 
