@@ -260,8 +260,9 @@ def phase_passkey(args: argparse.Namespace) -> None:
     for method in args.methods.split(","):
         model, tok, info = load(method, dtype)
         for length in args.lengths:
-            task = PasskeyTask(tok, [length], args.trials, trial_seed=0)
-            out = RUNS / "passkey" / method / f"len{length}"
+            task = PasskeyTask(tok, [length], args.trials, trial_seed=args.trial_seed)
+            out = RUNS / "passkey" / method / (f"len{length}" if args.trial_seed == 0
+                                                else f"len{length}-seed{args.trial_seed}")
             res = run_task(task, model, info, method, out, limit=args.limit, retry_errors=args.retry_errors)
             cell = res["results"]["passkey"]["cells,none"][f"len{length}"]
             print(f"passkey {method:>9} {length:>6}: {cell['accuracy']:.2f} over {cell['n']} trials, prefill "
@@ -569,25 +570,29 @@ def _median(xs: list[float]) -> float | None:
 def phase_summary(args: argparse.Namespace) -> None:
     from hookkit.evals.runner import read_jsonl
 
-    summary: dict[str, Any] = {"machine": machine(), "passkey": {}, "longppl": {}, "cost": None, "pairs": None,
-                               "commands": COMMANDS}
+    summary: dict[str, Any] = {"machine": machine(), "passkey": {}, "passkey_heldout": {}, "longppl": {},
+                               "cost": None, "pairs": None, "commands": COMMANDS}
     # runs/ is local to one machine; RESULT is the record: runs found here replace their entries, the rest is kept
     # (a fresh clone that reruns one cell must not drop the others).
     if RESULT.exists():
         recorded = json.loads(RESULT.read_text())
         summary["passkey"] = recorded.get("passkey") or {}
+        summary["passkey_heldout"] = recorded.get("passkey_heldout") or {}
         summary["longppl"] = recorded.get("longppl") or {}
         # the machine of the entries that name none (passkey entries collected since name their own)
         summary["machine"] = recorded.get("machine") or summary["machine"]
     for method in METHODS:
         for folder in sorted((RUNS / "passkey" / method).glob("len*")):
+            length_text, _, seed_text = folder.name[3:].partition("-seed")
             samples = folder / "samples_passkey.jsonl"
             logs = [samples] if samples.exists() else sorted(folder.glob("samples_passkey.rank*.jsonl"))
             recs = [r for p in logs for r in read_jsonl(p)[0] if not r.get("error")]
             if not recs:
                 continue
-            length = int(folder.name[3:])
-            summary["passkey"].setdefault(method, {})[str(length)] = {
+            # trial_seed 0 is the set the defaults were tuned on; other seeds are held-out sets, kept apart
+            table = (summary["passkey"] if not seed_text
+                     else summary.setdefault("passkey_heldout", {}).setdefault(f"trial_seed={seed_text}", {}))
+            table.setdefault(method, {})[length_text] = {
                 "trials": len(recs), "correct": sum(bool(r["correct"]) for r in recs),
                 "accuracy": sum(bool(r["correct"]) for r in recs) / len(recs),
                 "prefill_s_median": _median([r["_prefill_s"] for r in recs]),
@@ -634,15 +639,21 @@ def phase_summary(args: argparse.Namespace) -> None:
     print(markdown(summary))
 
 
+def _accuracy_table(per_method: dict[str, Any]) -> list[str]:
+    """Correct / trials per method (rows with no run left out) and length."""
+    lengths = sorted({int(n) for per in per_method.values() for n in per})
+    lines = ["| method | " + " | ".join(f"{n // 1024}k" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for m in (m for m in METHODS if m in per_method):
+        cells = [per_method[m].get(str(n)) for n in lengths]
+        lines.append(f"| {m} | " + " | ".join("–" if c is None else f"{c['correct']}/{c['trials']}" for c in cells) + " |")
+    return lines
+
+
 def markdown(s: dict[str, Any]) -> str:
-    lines = ["| method | " + " | ".join(f"{n // 1024}k" for n in _lengths(s)) + " |",
-             "|---|" + "---|" * len(_lengths(s))]
-    for m in METHODS:
-        cells = []
-        for n in _lengths(s):
-            c = s["passkey"].get(m, {}).get(str(n))
-            cells.append("–" if c is None else f"{c['correct']}/{c['trials']}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines = _accuracy_table(s["passkey"])
+    for seed, per_method in sorted(s.get("passkey_heldout", {}).items()):
+        lines += ["", f"Held-out passkey draws ({seed}; seed = trial_seed + trial + length):", ""]
+        lines += _accuracy_table(per_method)
     lines.append("")
     lines.append("| method | length | prefill s (median) | decode tok/s (median) | peak RSS GB |")
     lines.append("|---|---|---|---|---|")
@@ -693,6 +704,9 @@ COMMANDS = [  # what produced bench/results/longcontext.json (docs/benchmarks.md
     "python bench/longcontext.py longppl --methods longheads,ntk --max-tokens 32k --excerpts 4",
     "python bench/longcontext.py longppl --methods stock --max-tokens 32k --max-context 8192 --excerpts 4",
     "python bench/longcontext.py cost --methods stock,longheads,ntk --lengths 8k,16k --repeats 3",
+    "python bench/longcontext.py passkey --methods longheads-bound-fit --lengths 16k,32k --trials 10 --trial-seed 1000",
+    "python bench/longcontext.py passkey --methods ntk --lengths 16k --trials 10 --trial-seed 1000",
+    "python bench/longcontext.py passkey --methods longheads --lengths 16k,32k --trials 10 --trial-seed 1000",
     "python bench/longcontext.py summary",
 ]
 
@@ -706,6 +720,9 @@ def main() -> None:
     p.add_argument("--method", default="stock")
     p.add_argument("--lengths", "--length", dest="lengths", type=int_list, default=[16384])
     p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--trial-seed", type=int, default=0,
+                   help="passkey: base seed of the trials (seed = trial_seed + trial + length); 0 is the set the "
+                        "defaults were tuned on, any other value draws a held-out set (runs in len<N>-seed<S>)")
     p.add_argument("--haystack", default="pydoc", help="niah: kjv | pydoc | licenses (default pydoc)")
     p.add_argument("--needle", default="code", help="niah: a needle phrasing of hookkit.evals.niah.NIAH_NEEDLES")
     p.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")],

@@ -148,6 +148,9 @@ def main() -> None:
     p.add_argument("--rules", default=",".join(RULES), help=f"from {RULES + LONG_RULES}")
     p.add_argument("--length", type=int, default=8192)
     p.add_argument("--trial", type=int, default=2)
+    p.add_argument("--trial-seed", type=int, default=0,
+                   help="passkey: base seed of the draws (hookkit eval passkey --trial-seed; 1000: the held-out set)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) | bfloat16 (the benchmark runs' dtype)")
     p.add_argument("--begin-selective", type=int, default=None,
                    help="default: length - 256 for the official-score rules; the method's default for LONG_RULES")
     p.add_argument("--prefill-selection", default=None,
@@ -162,7 +165,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "longheads_scores.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    model, tok = hookkit.load("smollm2", dtype="float32")
+    model, tok = hookkit.load("smollm2", dtype=args.dtype)
     if args.niah:
         from hookkit.evals.niah.task import NiahTask
 
@@ -173,7 +176,7 @@ def main() -> None:
         prompt = niah.build_prompt(niah.samples()[k])
         answer = niah.needle.answer
     else:
-        task = PasskeyTask(tok, [args.length], args.trial + 1)
+        task = PasskeyTask(tok, [args.length], args.trial + 1, trial_seed=args.trial_seed)
         prompt = task.build_prompt(task.samples()[args.trial])
         answer = str(prompt.passkey)
     needle_chunk = prompt.needle_token_span[0] // 256
@@ -203,6 +206,7 @@ def main() -> None:
                      "heads_per_call": iv.misses[0][1] if iv.misses else None})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "max_key_heads_missing_needle"}), flush=True)
     result = {"command": " ".join(["python", *sys.argv]), "length": args.length, "trial": args.trial,
+              "trial_seed": args.trial_seed, "dtype": args.dtype,
               "answer": answer, "niah": args.niah, "needle_token_span": list(prompt.needle_token_span),
               "needle_chunk": needle_chunk, "begin_selective": args.begin_selective,
               "prefill_selection": args.prefill_selection, "tail_recent": args.tail_recent,
