@@ -591,7 +591,7 @@ def phase_summary(args: argparse.Namespace) -> None:
                 continue
             # trial_seed 0 is the set the defaults were tuned on; other seeds are held-out sets, kept apart
             table = (summary["passkey"] if not seed_text
-                     else summary.setdefault("passkey_heldout", {}).setdefault(f"trial_seed={seed_text}", {}))
+                     else summary["passkey_heldout"].setdefault(f"trial_seed={seed_text}", {}))
             table.setdefault(method, {})[length_text] = {
                 "trials": len(recs), "correct": sum(bool(r["correct"]) for r in recs),
                 "accuracy": sum(bool(r["correct"]) for r in recs) / len(recs),
