@@ -229,6 +229,21 @@ def recorded_recipe(out: Path, recipe: Any) -> Any:
     return recipe
 
 
+def attachment(method: str, recipe: Any) -> tuple[Any, dict[str, Any] | None]:
+    """What to attach for ``method`` (its recipe, a bench-only diagnostic instance, or None for a stock model) and
+    the ``intervention`` block the results record for it."""
+    if method in DIAGNOSTICS:  # a bench-only LongHeads subclass, attached as an instance
+        import importlib
+
+        where, params = DIAGNOSTICS[method]
+        module, name = where.split(":")
+        instance = getattr(importlib.import_module(module), name)(**params)
+        return instance, {"diagnostic": f"{module.replace('.', '/')}.py {name}", "params": params}
+    if recipe is None:
+        return None, None
+    return recipe, {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
+
+
 def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path,
              limit: int | None = None, retry_errors: bool = False) -> dict[str, Any]:
     import contextlib
@@ -236,16 +251,7 @@ def run_task(task: Any, model: Any, info: dict[str, Any], method: str, out: Path
     import hookkit
     from hookkit.evals.runner import evaluate
 
-    recipe = recorded_recipe(out, recipe_for(method))
-    intervention = None if recipe is None else {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}
-    attached: Any = recipe
-    if method in DIAGNOSTICS:  # a bench-only LongHeads subclass, attached as an instance
-        import importlib
-
-        where, params = DIAGNOSTICS[method]
-        module, name = where.split(":")
-        attached = getattr(importlib.import_module(module), name)(**params)
-        intervention = {"diagnostic": f"{module.replace('.', '/')}.py {name}", "params": params}
+    attached, intervention = attachment(method, recorded_recipe(out, recipe_for(method)))
     task.model = model
     with hookkit.attach(model, attached) if attached is not None else contextlib.nullcontext():
         return evaluate(task, output_dir=out, model_info=info, intervention=intervention, seed=0, resume=True,
