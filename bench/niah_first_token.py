@@ -24,6 +24,7 @@ reported accuracy keeps the protocol's free greedy decoding. Resumable: samples 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -161,11 +162,8 @@ def main() -> None:
             if key in done or (args.only and sample["sample_id"] not in args.only):
                 continue
             ids = list(task.model_input_ids(task.build_prompt(sample)))
-            if attached is None:
+            with hookkit.attach(model, attached) if attached is not None else contextlib.nullcontext():
                 row = first_step(model, tok, ids, stop_ids, task.max_new_tokens)
-            else:
-                with hookkit.attach(model, attached):
-                    row = first_step(model, tok, ids, stop_ids, task.max_new_tokens)
             record = recorded.get(sample["sample_id"])
             row = {"method": method, "haystack": args.haystack, "needle": args.needle, "length": args.length,
                    "sample_id": sample["sample_id"], "n_tokens": len(ids), **row,
