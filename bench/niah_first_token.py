@@ -165,9 +165,10 @@ def main() -> None:
             with hookkit.attach(model, attached) if attached is not None else contextlib.nullcontext():
                 row = first_step(model, tok, ids, stop_ids, task.max_new_tokens)
             record = recorded.get(sample["sample_id"])
+            free_found = substring_score(row["free_response"], task.needle.answer)
             row = {"method": method, "haystack": args.haystack, "needle": args.needle, "length": args.length,
                    "sample_id": sample["sample_id"], "n_tokens": len(ids), **row,
-                   "free_substring": substring_score(row["free_response"], task.needle.answer),
+                   "free_substring": free_found,
                    "masked_substring": substring_score(row["masked_response"], task.needle.answer),
                    "recorded_response": record,
                    "reproduces_record": None if record is None else record == row["free_response"],
@@ -175,7 +176,7 @@ def main() -> None:
                    # (empty or not, needle found or not) is what the diagnosis rests on
                    "same_outcome": None if record is None else (
                        (record == "", substring_score(record, task.needle.answer))
-                       == (row["free_response"] == "", substring_score(row["free_response"], task.needle.answer))),
+                       == (row["free_response"] == "", free_found)),
                    "intervention": intervention, "dtype": dtype, "threads": args.threads}
             doc["samples"].append(row)
             done.add(key)

@@ -1,7 +1,8 @@
 """``bench/niah_first_token.py``'s measurement: the end-of-turn ids masked at the first answer step only.
 
-The benchmark's diagnosis (docs/benchmarks.md: an empty NIAH answer is the model's choice to stop, not a retrieval
-miss) rests on this function, so it is checked on a tiny model against a plain, cache-free greedy loop.
+The benchmark's diagnosis (docs/benchmarks.md, twelfth pass: which empty NIAH answers are the model's choice to
+stop and which are a retrieval miss) rests on this function, so it is checked on a tiny model against a plain,
+cache-free greedy loop.
 """
 
 from __future__ import annotations
