@@ -54,7 +54,7 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
            "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent", "longheads-gated",
-           "longheads-gated16", "longheads-gated48")
+           "longheads-gated16", "longheads-gated48", "longheads-lexical")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -120,6 +120,9 @@ DIAGNOSTICS = {
     "longheads-gated48": ("bench.longheads_gated:GatedLongHeads",
                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 48.0}),
 }
+# Candidate: the answer's scored slots hold the prompt chunks sharing the question's rare token ids
+# (``tail_selection="lexical"``), every head alike; otherwise the defaults.
+LONGHEADS_PARAMS["longheads-lexical"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"}
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last

@@ -22,7 +22,7 @@ from hookkit.core.intervention import Binding, Intervention
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError
-from hookkit.methods.longheads import LongHeads
+from hookkit.methods.longheads import LongHeads, lexical_chunk_scores
 
 W, ATT = 4, 24
 # Every prompt here fits in the tiny models' trained length (1024): the tests of selection set fit_margin=0 (the
@@ -79,7 +79,24 @@ class RefLongHeads(Intervention):
     def new_state(self, sample):
         n_pad = (sample.regions == int(Region.PADDING)).sum(1).tolist()
         self._memo = {}
+        self._ids = [sample.input_ids[b, n:].tolist() for b, n in enumerate(n_pad)]  # each row's prompt ids
         return {"pending": {}, "cache": {}, "n_pad": n_pad, "trace": []}
+
+    def lexical(self, row: int, cand: int) -> float:
+        """tail_selection="lexical": Σ idf over the question's distinct ids in chunk ``cand`` (0 past the prompt)."""
+        import math
+
+        ids, w = self._ids[row], self.chunk_size
+        n = len(ids) // w
+        if cand >= n:
+            return 0.0
+        question = set(ids[len(ids) - self.exact_tail:])
+        score = 0.0
+        for t in sorted(question):
+            if t in ids[cand * w:(cand + 1) * w]:
+                df = sum(t in ids[j * w:(j + 1) * w] for j in range(n))
+                score += math.log(1 + (n - df + 0.5) / (df + 0.5))
+        return score
 
     def linear_output(self, ctx, state, target, inputs, output):
         state["pending"].setdefault(ctx.layer, {})[target] = output
@@ -166,6 +183,9 @@ class RefLongHeads(Intervention):
         for cand in range(1, c - 1):
             total = 0.0
             for hh in heads:
+                if score == "lexical":  # the same for every head: count it once
+                    total = self.lexical(self._where[1], cand)
+                    break
                 if score == "max_key":  # per key: its logit averaged over the distances, then the chunk's max
                     g = hh // (self.H // self.Hkv)
                     q_at = rope(q[t, hh][None].expand(len(dist), -1), dist, self.inv_freq)  # [distances, D]
@@ -182,6 +202,9 @@ class RefLongHeads(Intervention):
                     memo[key] = self.summary(q, k, v, cand, hh, scale)
                 total += float((q[t, hh] if q_block is None else q_block[hh]) @ memo[key])
             scores.append(float("inf") if cand >= c - 1 - recent else total)
+        if score == "lexical":  # equal scores: the newer chunk first
+            order = sorted(range(len(scores)), key=lambda j: (scores[j], j), reverse=True)
+            return sorted({0, c - 1, c, *(j + 1 for j in order[:K - 3])})
         top = (torch.topk(torch.tensor(scores), K - 3).indices + 1).tolist() if K > 3 else []
         return sorted({0, c - 1, c, *top})
 
@@ -193,14 +216,14 @@ def gen(model, ids, mask=None, new=6, **kw):
                               return_dict_in_generate=True, pad_token_id=0, **kw)
 
 
-def prompt(n: int, seed: int = 0, distinct: bool = False) -> torch.Tensor:
+def prompt(n: int, seed: int = 0, distinct: bool = False, vocab: int = 400) -> torch.Tensor:
     """Random token ids; ``distinct``: no id twice. At layer 0 a repeated token has the same raw key, so
     ``tail_selection="max_key"`` scores its chunks *exactly* alike, and top-k may break that tie either way in
     the reference and in the implementation (equally valid, but the outputs then differ)."""
     g = torch.Generator().manual_seed(seed)
     if distinct:
         return (torch.randperm(396, generator=g)[:n] + 4)[None]
-    return torch.randint(4, 400, (1, n), generator=g)
+    return torch.randint(4, vocab, (1, n), generator=g)
 
 
 def run(model, iv, ids, mask=None, new=6):
@@ -335,13 +358,19 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, b
                               score_rope="window_mean")),
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9,
                            score_rope="window_mean")),
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="lexical", exact_tail=9, tail_recent=0)),
+    ("kv_head", True, dict(prefill_selection="token", tail_selection="lexical", exact_tail=9, tail_recent=1)),
 ], ids=["official", "official-kv", "official-noself", "default", "default-kv", "default-noself", "block", "token-maxkey", "recent-maxkey",
         "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv", "recent-bound",
-        "token-bound-tailrecent-kv", "recent-maxkey-window-mean", "recent-bound-window-mean-kv"])
+        "token-bound-tailrecent-kv", "recent-maxkey-window-mean", "recent-bound-window-mean-kv",
+        "recent-lexical", "token-lexical-tailrecent-kv"])
 def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: bool,
                                                           settings: dict[str, Any], name: str = "tiny-llama") -> None:
     model, _, info = tiny(name)
-    ids = prompt(63, seed=3, distinct=settings is DEFAULTS or settings.get("tail_selection") == "max_key")  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
+    # lexical: a 40-id vocabulary, so that chunks share ids with the question in varying numbers
+    vocab = 40 if settings.get("tail_selection") == "lexical" else 400
+    ids = prompt(63, seed=3, distinct=settings is DEFAULTS or settings.get("tail_selection") == "max_key",
+                 vocab=vocab)  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
               **settings)
     # The reference's own defaults are the official rules: spell out hookkit's for it (the implementation gets
@@ -460,7 +489,7 @@ def test_block_memory_does_not_grow_with_context(prefill: str) -> None:
     assert not any(isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[-2] >= tokens for v in vars(row).values())
 
 
-@pytest.mark.parametrize("tail", ["max_key", "max_key_bound", "summary"])
+@pytest.mark.parametrize("tail", ["max_key", "max_key_bound", "summary", "lexical"])
 def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
     """Memory at the stock model's level: LongHeads derives locally rotated keys from the cache, never copies them.
 
@@ -476,6 +505,40 @@ def test_state_is_per_chunk_whatever_the_score(tail: str) -> None:
                  for rows in state.rows.values()]
     bound = ((tokens // w + 8) * (H + 2 * Hkv) + H * w) * D
     assert max(per_layer) <= bound < Hkv * tokens * D
+
+
+def test_lexical_chunk_scores_weight_the_question_ids_by_rarity() -> None:
+    """Σ idf over the question's distinct ids in each chunk: a rare shared id weighs more than a common one."""
+    import math
+
+    # w = 2, five complete chunks {1,2} {1,4} {5,1} {5,7} {1,9} and one id left over; the question (the last 3
+    # ids) is {1, 9, 5}: 1 is in 4 chunks, 5 in 2 (the leftover 5 is in no complete chunk), 9 in 1.
+    ids = [1, 2, 1, 4, 5, 1, 5, 7, 1, 9, 5]
+    idf = {df: math.log(1 + (5 - df + 0.5) / (df + 0.5)) for df in (1, 2, 4)}
+    expected = [idf[4], idf[4], idf[4] + idf[2], idf[2], idf[4] + idf[1]]
+    assert lexical_chunk_scores(ids, 2, 3) == pytest.approx(expected, rel=1e-12)
+    assert idf[4] < idf[2] < idf[1]
+    assert lexical_chunk_scores(ids, 2, 0) == [0.0] * 5
+
+
+def test_lexical_tail_keeps_the_chunk_that_repeats_the_question_in_every_head() -> None:
+    """A chunk holding the question's rare ids is selected by every head of every layer for the prompt's exact
+    tail and every decoding step; the defaults' key-bound score, on the same prompt, misses it in some heads."""
+    model, _, info = tiny()
+    ids = prompt(96, seed=11, distinct=True)
+    planted = torch.tensor([401, 402, 403, 404])
+    ids[0, 30:34] = planted  # chunk 7 (w = 4), far outside the local window of the last tokens
+    ids[0, -4:] = planted  # ... and the same ids close the prompt, where a question sits
+    kept = {}
+    for tail in ("lexical", "max_key_bound"):
+        iv = LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT, exact_tail=4, tail_recent=1,
+                       tail_selection=tail, trace=True)
+        _, state = run(model, iv, ids, new=4)
+        tail_calls = [e for e in state.trace if e["positions"][0] >= 92]  # the exact tail, then decoding
+        assert tail_calls
+        kept[tail] = torch.cat([(e["chunks"] == 7).any(-1).flatten() for e in tail_calls])
+    assert bool(kept["lexical"].all())
+    assert not bool(kept["max_key_bound"].all())
 
 
 def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
@@ -501,6 +564,8 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(chunk_size=4, atten_length=16, tail_recent=2), "tail_recent"),  # K-3 = 1
                           (dict(score_rope="window"), "score_rope"),
                           (dict(score_rope="window_mean", tail_selection="summary"), "score_rope"),
+                          (dict(score_rope="window_mean", tail_selection="lexical"), "score_rope"),
+                          (dict(tail_selection="lexical", exact_tail=0), "exact_tail"),
                           (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
                           (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail"),
                           (dict(fit_margin=-1), "fit_margin"), (dict(fit_margin=1.5), "fit_margin"),

@@ -60,12 +60,17 @@ docs/methods/longheads.md, "Differences from the official code"):
    local window of ``tail_recent`` chunks and retrieve the rest by an upper bound of each chunk's largest
    un-rotated ``q·k`` (``_bound_scores``). The official summary score failed passkey trials inside the trained
    length; scored prompt chunks, or every answer chunk by score, failed needles far beyond B.
+   ``tail_selection="lexical"`` fills those slots, for every head alike, with the prompt chunks sharing the most
+   rare token ids with the prompt's last ``exact_tail`` tokens (BM25 idf over the prompt's own chunks,
+   :func:`lexical_chunk_scores`): on natural text the position-free ``q·k`` does not single out the chunk that
+   answers a question, while the question's own rare words do when it repeats them.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
    ``fit_margin`` tokens (default ``chunk_size``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +93,7 @@ from hookkit.models.base import ModelInfo, rotary_embedding
 
 GQA_CHOICES = ("query_head", "kv_head")
 PREFILL_CHOICES = ("token", "block", "recent")
-TAIL_CHOICES = ("max_key", "max_key_bound", "summary")
+TAIL_CHOICES = ("max_key", "max_key_bound", "summary", "lexical")
 SCORE_ROPE_CHOICES = ("none", "window_mean")
 DEFAULT_ATTEN_LENGTH = 4096
 #: Chunks whose max-key scores are computed together (bounds the transient memory of a scoring step).
@@ -108,6 +113,8 @@ class _Row:
     length: int = 0
     n_summ: int = 0
     pos0: int | None = None  # RoPE position of the row's first real token in the cache (found at its first append)
+    lexical: list[float] | None = None  # tail_selection="lexical": the prompt chunks' question-overlap scores
+    lexical_rank: tuple[int, torch.Tensor] | None = None  # (c, rank of chunks 1..c-2 by that score), cached per c
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class LongHeadsSettings:
     trained: int  # the model's trained length (max_position_embeddings; 0 when unknown)
     uses_summaries: bool  # some score reads chunk summaries
     uses_bounds: bool  # the tail score reads per-chunk key bounds
+    uses_lexical: bool  # the tail score reads the prompt's token ids (tail_selection="lexical")
     num_heads: int
     num_kv: int
     head_dim: int
@@ -154,6 +162,7 @@ class LongHeadsState:
     rope_local: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [w, D] of positions 0..w-1 (fp32)
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     rope_window_mean: tuple[torch.Tensor, torch.Tensor] | None = None  # mean cos/sin [D] over angles 0..K*w-1
+    lexical: list[list[float]] | None = None  # per row: lexical_chunk_scores of its prompt (tail_selection="lexical")
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
     rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
     count_pairs: bool = False
@@ -226,7 +235,9 @@ class LongHeads(Intervention):
         "help": "chunk score for the exact tail and every decoding step: 'max_key_bound' (default) = an upper "
                 "bound of the chunk's largest un-rotated query-key product from per-chunk key max/min (reads 2 "
                 "vectors per chunk: fast decoding); 'max_key' = that largest product itself (reads every key for "
-                "every step and head); 'summary' = the official chunk-summary score"})
+                "every step and head); 'summary' = the official chunk-summary score; 'lexical' = the prompt "
+                "chunks sharing the most rare token ids with the prompt's last exact_tail tokens (where a "
+                "question sits; BM25 idf weights), the same chunks for every head, fixed once the prompt is read"})
     tail_recent: int | None = field(default=None, metadata={
         "help": "chunks right before the previous one that the exact tail and decoding always keep (a local "
                 "window, as InfLLM's local tokens); the other K-3-tail_recent slots go to the top-scored older "
@@ -273,9 +284,13 @@ class LongHeads(Intervention):
         check_choice("longheads.tail_selection", self.tail_selection, TAIL_CHOICES)
         check_choice("longheads.gqa_selection", self.gqa_selection, GQA_CHOICES)
         check_choice("longheads.score_rope", self.score_rope, SCORE_ROPE_CHOICES)
-        if self.score_rope != "none" and self.tail_selection == "summary":
+        if self.score_rope != "none" and self.tail_selection in ("summary", "lexical"):
             raise ConfigError("longheads.score_rope", f"{self.score_rope!r} applies to the max-key scores only; "
-                              "tail_selection='summary' scores chunk summaries", "'none' with tail_selection='summary'")
+                              f"tail_selection={self.tail_selection!r} reads no query-key products",
+                              f"'none' with tail_selection={self.tail_selection!r}")
+        if self.tail_selection == "lexical" and self.exact_tail < 1:
+            raise ConfigError("longheads.exact_tail", "tail_selection='lexical' scores chunks against the prompt's "
+                              "last exact_tail tokens; 0 leaves it no query", ">= 1 with tail_selection='lexical'")
         check_bool("longheads.include_self", self.include_self)
         check_bool("longheads.trace", self.trace)
         check_bool("longheads.pair_stats", self.pair_stats)
@@ -296,7 +311,7 @@ class LongHeads(Intervention):
             # trained length (a short extrapolation the stock model makes too): LongHeads is for going beyond it.
             fit_until=trained + margin if trained and margin else 0, trained=trained,
             uses_summaries=self.prefill_selection in ("token", "block") or self.tail_selection == "summary",
-            uses_bounds=self.tail_selection == "max_key_bound",
+            uses_bounds=self.tail_selection == "max_key_bound", uses_lexical=self.tail_selection == "lexical",
             num_heads=model.num_heads, num_kv=model.num_kv_heads, head_dim=model.head_dim,
             rotary=rotary_embedding(model), qk_targets=tuple(model.query_key_targets()),
             split_query_key=model.split_query_key)
@@ -359,6 +374,9 @@ class LongHeads(Intervention):
         if cfg.score_rope == "window_mean":
             cos, sin = cfg.rotary(probe, torch.arange(K * w, device=device)[None])
             state.rope_window_mean = (cos[0].double().mean(0).float(), sin[0].double().mean(0).float())
+        if cfg.uses_lexical:
+            state.lexical = [lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail)
+                             for b, n in enumerate(state.n_pad)]
         return state
 
     def linear_output(self, ctx: HookContext, state: LongHeadsState, target: str, inputs: torch.Tensor,
@@ -393,6 +411,9 @@ class LongHeads(Intervention):
         rows = state.rows.get(layer)
         if rows is None:
             rows = state.rows[layer] = [_empty_row(call) for _ in range(B)]
+            if state.lexical is not None:
+                for b in range(B):
+                    rows[b].lexical = state.lexical[b]
 
         # 1. Update every row's state (keys, query tail, summaries of chunks completed by this forward).
         first_real, first_pos = [], []
@@ -580,7 +601,10 @@ class LongHeads(Intervention):
             G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
             recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
             return recent.view(1, 1, -1).expand(G, Qb, -1)
-        if score == "max_key":
+        if score == "lexical":  # one ranking for every head and query: no kv_head sum needed
+            G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
+            scores = _lexical_rank(row, c).to(q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
+        elif score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
         elif score == "max_key_bound":
             scores = self._bound_scores(state, row, q_raw, c)
@@ -590,7 +614,7 @@ class LongHeads(Intervention):
             if score == "shared":
                 q = q.mean(dim=1, keepdim=True)
             scores = torch.matmul(q, cand.transpose(1, 2))  # [H, Qb|1, c-2], raw query, no scale (§1.3 b)
-        if self.gqa_selection == "kv_head":
+        if self.gqa_selection == "kv_head" and score != "lexical":
             scores = scores.view(state.cfg.num_kv, -1, *scores.shape[1:]).sum(dim=1)
         if state.cfg.tail_recent and score == self.tail_selection:
             scores = self._keep_local_window(state, scores, c)
@@ -846,6 +870,35 @@ class LongHeads(Intervention):
         out = merge_by_lse(torch.cat(outs, dim=1), torch.cat(lse, dim=1), dim=1)  # parts along dim 1 -> [G, r, D]
         state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
+
+
+def lexical_chunk_scores(ids: list[int], w: int, query_tokens: int) -> list[float]:
+    """Per complete chunk of ``ids`` (w tokens each): Σ idf(t) over the distinct token ids t of the last
+    ``query_tokens`` ids that occur in the chunk (BM25 with binary term counts, Robertson and Zaragoza 2009).
+
+    idf(t) = ln(1 + (N − df(t) + 0.5) / (df(t) + 0.5)), with df(t) the number of the N complete chunks holding t:
+    positive for every token, near 0 for a token in every chunk (template words, "the"), largest for a token in one
+    chunk. Chunks are compared with the prompt's own chunks only, so no corpus statistics are needed.
+    """
+    n_chunks = len(ids) // w
+    query = set(ids[-query_tokens:]) if query_tokens > 0 else set()
+    shared = [set(ids[c * w:(c + 1) * w]) & query for c in range(n_chunks)]
+    df = {t: sum(t in chunk for chunk in shared) for t in query}
+    idf = {t: math.log(1.0 + (n_chunks - df[t] + 0.5) / (df[t] + 0.5)) for t in query}
+    return [sum(idf[t] for t in sorted(chunk)) for chunk in shared]
+
+
+def _lexical_rank(row: _Row, c: int) -> torch.Tensor:
+    """``[c−2]`` float ranks of chunks 1..c−2 (higher = kept first) by the row's lexical score, ties (e.g. no
+    shared token, or a chunk completed while decoding, which holds no prompt token) going to the newer chunk."""
+    if row.lexical_rank is None or row.lexical_rank[0] != c:
+        lex = row.lexical or []
+        score = [lex[j] if j < len(lex) else 0.0 for j in range(1, c - 1)]
+        order = sorted(range(c - 2), key=lambda j: (score[j], j))
+        rank = torch.empty(c - 2)
+        rank[order] = torch.arange(c - 2, dtype=rank.dtype)
+        row.lexical_rank = (c, rank)
+    return row.lexical_rank[1]
 
 
 def _grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:
