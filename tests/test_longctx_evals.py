@@ -94,6 +94,32 @@ def test_greedy_generate_matches_generate_and_times_both_phases() -> None:
     assert len(lh.new_ids) == 8
 
 
+def test_greedy_generate_min_new_tokens_masks_eos_only_for_the_first_tokens() -> None:
+    """With the greedy first token declared EOS, the plain decoder stops at once; min_new_tokens=1 takes the best
+    other token instead, then decodes freely: the same ids as generate(min_new_tokens=1) with that EOS."""
+    model, _ = tiny()
+    ids = torch.randint(4, 400, (1, 40), generator=torch.Generator().manual_seed(2))
+    first = greedy_generate(model, ids, 1).new_ids[0]
+    assert greedy_generate(model, ids, 6, eos_token_ids=[first]).new_ids == [first]
+    masked = greedy_generate(model, ids, 6, eos_token_ids=[first], min_new_tokens=1)
+    ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=1,
+                         do_sample=False, pad_token_id=0, eos_token_id=first)
+    assert masked.new_ids[0] != first
+    assert masked.new_ids == ref[0, 40:].tolist()
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        greedy_generate(model, ids, 6, min_new_tokens=-1)
+
+
+def test_niah_min_new_tokens_is_recorded_only_when_set() -> None:
+    _, tok = tiny()
+    plain = NiahTask(tok, [64], [50]).config()["decoding"]
+    assert "min_new_tokens" not in plain  # protocol runs keep their task hash
+    assert NiahTask(tok, [64], [50], min_new_tokens=1).config()["decoding"]["min_new_tokens"] == 1
+    for bad in (-1, 51, 1.0, True):
+        with pytest.raises(ValueError, match="min_new_tokens"):
+            NiahTask(tok, [64], [50], min_new_tokens=bad)
+
+
 def _strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
 
@@ -270,6 +296,10 @@ def test_eval_niah_cli_refuses_repeated_trials_without_vary_start(tmp_path: Path
                "--output-path", str(tmp_path / "o")])
     assert rc != 0
     assert "--trials" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    rc = main(["eval", "niah", "--model", "tiny-llama", "--lengths", "64", "--depths", "50", "--max-new-tokens", "4",
+               "--min-new-tokens", "5", "--output-path", str(tmp_path / "o")])
+    assert rc != 0
+    assert "--min-new-tokens" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------- long ppl
@@ -398,9 +428,11 @@ def test_cli_niah_and_longppl(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "n" / "niah_heatmap_rouge.png").exists()
     assert main(["eval", "niah", "--model", "tiny-llama", "--dtype", "float32", "--lengths", "120", "--depths", "50",
                  "--haystack", "pydoc", "--needle", "code", "--max-new-tokens", "2", "--no-heatmap",
-                 "--trials", "2", "--vary-start", "--output-path", str(tmp_path / "c"), "--no-progress"]) == 0
+                 "--trials", "2", "--vary-start", "--min-new-tokens", "1", "--output-path", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
     config = json.loads((tmp_path / "c" / "results_niah.json").read_text())["configs"]["niah"]
     assert config["haystack"] == "pydoc" and config["needle_preset"] == "code" and config["trials_per_cell"] == 2
+    assert config["decoding"]["min_new_tokens"] == 1
     assert config["haystack_start"].startswith("seeded line per trial (seed '1234:")
     recs = read_jsonl(tmp_path / "c" / "samples_niah.jsonl")[0]
     assert [r["sample_id"] for r in recs] == ["len120-depth50-trial0", "len120-depth50-trial1"]

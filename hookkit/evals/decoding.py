@@ -41,12 +41,15 @@ def _sync(device: torch.device) -> None:
 
 
 def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new_tokens: int,
-                    eos_token_ids: Iterable[int] = ()) -> GenerationTiming:
+                    eos_token_ids: Iterable[int] = (), min_new_tokens: int = 0) -> GenerationTiming:
     """Greedy decoding of one prompt with prefill and decode timed separately (batch 1, KV cache).
 
     The prefill asks for the last position's logits only (``logits_to_keep=1``: at 32k tokens the full logits of
     a 49k vocabulary would take gigabytes; transformers-v5.md §9.1). Stops early at an EOS id. Works with any
     attached hookkit session (every forward goes through the model's own ``forward``).
+
+    ``min_new_tokens``: the EOS ids cannot be chosen for the first ``min_new_tokens`` new tokens (their logits are
+    set to −inf before the argmax), as ``generate(min_new_tokens=...)`` does.
     """
     from hookkit.models.base import model_device
 
@@ -56,12 +59,22 @@ def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"greedy_generate takes one prompt, got input_ids of shape {tuple(ids.shape)}")
     eos = {int(t) for t in eos_token_ids}
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be a non-negative integer, got {min_new_tokens!r}")
+    eos_index = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     new: list[int] = []
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        """Greedy choice from ``[1, vocab]`` logits; EOS masked while fewer than min_new_tokens are out."""
+        if len(new) < min_new_tokens and eos_index.numel():
+            logits = logits.index_fill(-1, eos_index, float("-inf"))
+        return logits.argmax(-1)
+
     with PeakMemory() as mem, torch.no_grad():
         _sync(device)
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = pick(out.logits[:, -1])
         new.append(int(nxt))
         _sync(device)
         prefill_s = time.perf_counter() - t0
@@ -70,7 +83,7 @@ def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new
         t1 = time.perf_counter()
         while len(new) < max_new_tokens and new[-1] not in eos:
             out = model(input_ids=nxt[:, None], **compat.with_cache(model, cache), use_cache=True)
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = pick(out.logits[:, -1])
             new.append(int(nxt))
             cache = compat.cache_from_output(out)
         _sync(device)

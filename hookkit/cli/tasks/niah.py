@@ -34,6 +34,10 @@ def add_niah_arguments(p: argparse.ArgumentParser) -> None:
                    help="needle phrasing (default sandwich, §6.2; the others vary what is retrieved and how it is asked)")
     g.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS,
                    help=f"greedy budget (default {NIAH_MAX_NEW_TOKENS}, §6.2)")
+    g.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
+                   help="end of turn cannot end the answer before N tokens (default 0, the protocol). Outside §6.2: "
+                        "with 1, an empty answer shows whether the needle reached the answer (found but stopped) "
+                        "or not; report it apart from protocol scores")
     g.add_argument("--trials", type=int, default=1, metavar="K",
                    help="trials per (length, depth) cell, each from its own seeded haystack start; needs --vary-start "
                         "when K > 1 (default 1)")
@@ -65,6 +69,9 @@ def run_niah(args: argparse.Namespace) -> int:
     for d in args.depths:
         if not 0.0 <= d <= 100.0:
             raise ConfigError("--depths", f"depth {d} is not a percentage in [0, 100]")
+    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
+        raise ConfigError("--min-new-tokens", f"{args.min_new_tokens} is outside [0, --max-new-tokens]",
+                          f"0..{args.max_new_tokens}")
     if args.trials < 1:
         raise ConfigError("--trials", f"{args.trials} is not a positive number of trials per cell")
     if args.trials > 1 and not args.vary_start:
@@ -79,7 +86,7 @@ def run_niah(args: argparse.Namespace) -> int:
     def make_task(tokenizer: Any) -> NiahTask:
         return NiahTask(tokenizer, args.lengths, args.depths, haystack=haystack, haystack_name=args.haystack,
                         needle=args.needle, max_new_tokens=args.max_new_tokens, trials=args.trials,
-                        vary_start=args.vary_start, trial_seed=args.seed)
+                        vary_start=args.vary_start, trial_seed=args.seed, min_new_tokens=args.min_new_tokens)
 
     def after(task: Any, out: Path) -> list[str]:
         if args.no_heatmap:

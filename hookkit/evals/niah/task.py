@@ -62,6 +62,9 @@ class NiahTask(EvalTask):
             ``"{trial_seed}:{length}:{depth}:{trial}"``) instead of at the beginning (§6.1, the default). Every
             method sees the same prompts either way.
         trial_seed: the seed prefix for ``vary_start``.
+        min_new_tokens: EOS cannot end the answer before this many tokens (default 0: the protocol). Outside §6.2:
+            with 1, an answer the model would have ended at once (an empty response) shows whether the needle
+            reached the answering tokens, i.e. "found but stopped" apart from "not found". Recorded in ``config``.
     """
 
     name = "niah"
@@ -73,13 +76,17 @@ class NiahTask(EvalTask):
     def __init__(self, tokenizer: Any, lengths: Sequence[int], depths: Sequence[float], *,
                  haystack: str | None = None, haystack_name: str | None = None, needle: str = "sandwich",
                  max_new_tokens: int = NIAH_MAX_NEW_TOKENS, trials: int = 1, vary_start: bool = False,
-                 trial_seed: int = 0) -> None:
+                 trial_seed: int = 0, min_new_tokens: int = 0) -> None:
         if not lengths or not depths:
             raise ValueError("lengths and depths must not be empty")
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
             raise ValueError(f"trials must be a positive integer, got {trials!r}")
         if trials > 1 and not vary_start:
             raise ValueError("trials > 1 repeats the same prompt unless vary_start=True; set vary_start=True")
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or \
+                not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens={max_new_tokens}], "
+                             f"got {min_new_tokens!r}")
         for d in depths:
             if not 0 <= d <= 100:
                 raise ValueError(f"depth percents must lie in [0, 100], got {d}")
@@ -96,6 +103,7 @@ class NiahTask(EvalTask):
         self.needle_name = needle
         self.needle = get_needle(needle)
         self.max_new_tokens = int(max_new_tokens)
+        self.min_new_tokens = min_new_tokens
         self.trials, self.vary_start, self.trial_seed = trials, bool(vary_start), int(trial_seed)
         self.model: Any = None
 
@@ -136,8 +144,8 @@ class NiahTask(EvalTask):
     def predict_one(self, sample: Sample) -> Record:
         prompt = self.build_prompt(sample)
         ids = self.model_input_ids(prompt)
-        timing = greedy_generate(self.model, ids, self.max_new_tokens,
-                                 eos_ids(self.tokenizer, self.model))
+        timing = greedy_generate(self.model, ids, self.max_new_tokens, eos_ids(self.tokenizer, self.model),
+                                 min_new_tokens=self.min_new_tokens)
         response = self.tokenizer.decode(timing.new_ids, skip_special_tokens=True).strip()
         rec = prompt.to_record()
         return {
@@ -185,6 +193,10 @@ class NiahTask(EvalTask):
         return metrics
 
     def config(self) -> dict[str, Any]:
+        decoding: dict[str, Any] = {"greedy": True, "max_new_tokens": self.max_new_tokens, "skip_special_tokens": True}
+        if self.min_new_tokens:  # only when set, so that protocol runs keep their task hash
+            decoding["min_new_tokens"] = self.min_new_tokens
+            decoding["note"] = "outside eval-protocols.md §6.2: EOS masked for the first min_new_tokens tokens"
         return {
             "protocol": "eval-protocols.md §6.2 (offline HF variant); exact token budgets",
             "haystack": self.builtin or self.haystack_name,
@@ -199,7 +211,7 @@ class NiahTask(EvalTask):
             "haystack_start": (f"seeded line per trial (seed '{self.trial_seed}:length:depth:trial')"
                                if self.vary_start else "beginning of the haystack (§6.1)"),
             "length_counts": "whole prompt (template + context + question), tokenised as the model sees it",
-            "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "skip_special_tokens": True},
+            "decoding": decoding,
             "scorers": ["rouge1_x10 (rouge-score rouge1 F, use_stemmer=True, x10)", "substring (key phrase)"],
         }
 
