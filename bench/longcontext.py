@@ -120,8 +120,9 @@ DIAGNOSTICS = {
     "longheads-gated48": ("bench.longheads_gated:GatedLongHeads",
                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 48.0}),
 }
-# Candidate: the answer's scored slots hold the prompt chunks sharing the question's rare token ids
-# (``tail_selection="lexical"``), every head alike; otherwise the defaults.
+# The answer's scored slots hold the prompt chunks sharing the question's rare token ids (``tail_selection=
+# "lexical"``), every head alike; otherwise ``longheads-bound-fit``. The library default since the thirteenth pass
+# of docs/benchmarks.md (``longheads-bound-fit`` was the default before).
 LONGHEADS_PARAMS["longheads-lexical"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"}
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}

@@ -339,7 +339,7 @@ def test_selection_changes_the_output_above_b() -> None:
 # ---------------------------------------------------------------------------------------------- reference
 OFFICIAL = dict(prefill_selection="token", tail_selection="summary", tail_recent=0)
 BLOCK = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5, tail_recent=0)  # earlier defaults
-DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, bound-scored tail with a local window
+DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, lexical tail slots with a local window
 
 
 @pytest.mark.seam
@@ -368,14 +368,14 @@ def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: 
                                                           settings: dict[str, Any], name: str = "tiny-llama") -> None:
     model, _, info = tiny(name)
     # lexical: a 40-id vocabulary, so that chunks share ids with the question in varying numbers
-    vocab = 40 if settings.get("tail_selection") == "lexical" else 400
-    ids = prompt(63, seed=3, distinct=settings is DEFAULTS or settings.get("tail_selection") == "max_key",
+    vocab = 40 if settings is DEFAULTS or settings.get("tail_selection") == "lexical" else 400
+    ids = prompt(63, seed=3, distinct=settings.get("tail_selection") == "max_key",
                  vocab=vocab)  # 63 prompt tokens, then decoding completes chunks 15 and 16 (positions 63, 67)
     kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, gqa_selection=gqa, include_self=include_self,
               **settings)
     # The reference's own defaults are the official rules: spell out hookkit's for it (the implementation gets
     # none of them, so its defaults are what is tested).
-    ref_kw = {"prefill_selection": "recent", "tail_selection": "max_key_bound", **kw} if settings is DEFAULTS else kw
+    ref_kw = {"prefill_selection": "recent", "tail_selection": "lexical", **kw} if settings is DEFAULTS else kw
     ref_out, ref_state = run(model, RefLongHeads(**ref_kw), ids, new=8)
     out, state = run(model, LongHeads(fit_margin=0, **kw, trace=True), ids, new=8)
     assert torch.equal(ref_out.sequences, out.sequences)
@@ -523,7 +523,8 @@ def test_lexical_chunk_scores_weight_the_question_ids_by_rarity() -> None:
 
 def test_lexical_tail_keeps_the_chunk_that_repeats_the_question_in_every_head() -> None:
     """A chunk holding the question's rare ids is selected by every head of every layer for the prompt's exact
-    tail and every decoding step; the defaults' key-bound score, on the same prompt, misses it in some heads."""
+    tail and every decoding step; the key-bound score (the previous default), on the same prompt, misses it in
+    some heads."""
     model, _, info = tiny()
     ids = prompt(96, seed=11, distinct=True)
     planted = torch.tensor([401, 402, 403, 404])
@@ -542,12 +543,16 @@ def test_lexical_tail_keeps_the_chunk_that_repeats_the_question_in_every_head() 
 
 
 def test_summaries_are_kept_only_when_a_score_reads_them() -> None:
-    """Defaults (recent prompt selection, max-key tail) never read a chunk summary, so none is computed."""
+    """Defaults (recent prompt selection, lexical tail) read neither a chunk summary nor a key bound, so none is
+    computed; the bound score keeps bounds only."""
     model, _, _ = tiny()
     ids = prompt(80, seed=9)
     _, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT), ids, new=1)
     row = state.rows[0][0]
-    assert row.n_summ == 80 // W and row.summ.shape[1] == 0
+    assert row.n_summ == 80 // W and row.summ.shape[1] == 0 and row.kmax.shape[1] == 0
+    _, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT, tail_selection="max_key_bound"),
+                   ids, new=1)
+    assert state.rows[0][0].summ.shape[1] == 0 and state.rows[0][0].kmax.shape[1] >= 80 // W
     for settings in (dict(prefill_selection="block"), dict(tail_selection="summary")):
         _, state = run(model, LongHeads(fit_margin=0, chunk_size=W, atten_length=ATT, **settings), ids, new=1)
         assert state.rows[0][0].summ.shape[1] >= 80 // W

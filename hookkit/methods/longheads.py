@@ -57,13 +57,12 @@ docs/methods/longheads.md, "Differences from the official code"):
 8. **Chunk selection** (the official rules are ``prefill_selection="token", tail_selection="summary",
    tail_recent=0, fit_margin=0``): the prompt before its last ``exact_tail`` tokens attends to chunk 0 and its
    last K−1 chunks (sink + sliding window, no scores); the exact tail and every decoding step keep chunk 0 and a
-   local window of ``tail_recent`` chunks and retrieve the rest by an upper bound of each chunk's largest
-   un-rotated ``q·k`` (``_bound_scores``). The official summary score failed passkey trials inside the trained
-   length; scored prompt chunks, or every answer chunk by score, failed needles far beyond B.
-   ``tail_selection="lexical"`` fills those slots, for every head alike, with the prompt chunks sharing the most
-   rare token ids with the prompt's last ``exact_tail`` tokens (BM25 idf over the prompt's own chunks,
-   :func:`lexical_chunk_scores`): on natural text the position-free ``q·k`` does not single out the chunk that
-   answers a question, while the question's own rare words do when it repeats them.
+   local window of ``tail_recent`` chunks and fill the other slots, for every head alike, with the prompt chunks
+   sharing the most rare token ids with the prompt's last ``exact_tail`` tokens (``tail_selection="lexical"``:
+   BM25 idf over the prompt's own chunks, :func:`lexical_chunk_scores`). The official summary score failed
+   passkey trials inside the trained length; scored prompt chunks, or every answer chunk by score, failed needles
+   far beyond B; on natural text no position-free ``q·k`` score (``max_key``, its bound ``max_key_bound``)
+   singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
    ``fit_margin`` tokens (default ``chunk_size``).
 """
@@ -231,13 +230,13 @@ class LongHeads(Intervention):
                 "query block; 'token': per-query summary-scored selection (official)"})
     exact_tail: int = field(default=32, metadata={
         "help": "last prompt tokens that select per token with tail_selection (decoding always does)"})
-    tail_selection: str = field(default="max_key_bound", metadata={
-        "help": "chunk score for the exact tail and every decoding step: 'max_key_bound' (default) = an upper "
-                "bound of the chunk's largest un-rotated query-key product from per-chunk key max/min (reads 2 "
-                "vectors per chunk: fast decoding); 'max_key' = that largest product itself (reads every key for "
-                "every step and head); 'summary' = the official chunk-summary score; 'lexical' = the prompt "
-                "chunks sharing the most rare token ids with the prompt's last exact_tail tokens (where a "
-                "question sits; BM25 idf weights), the same chunks for every head, fixed once the prompt is read"})
+    tail_selection: str = field(default="lexical", metadata={
+        "help": "chunk score for the exact tail and every decoding step: 'lexical' (default) = the prompt chunks "
+                "sharing the most rare token ids with the prompt's last exact_tail tokens (where a question sits; "
+                "BM25 idf weights), the same chunks for every head, fixed once the prompt is read; "
+                "'max_key_bound' = an upper bound of the chunk's largest un-rotated query-key product from "
+                "per-chunk key max/min (reads 2 vectors per chunk); 'max_key' = that largest product itself "
+                "(reads every key for every step and head); 'summary' = the official chunk-summary score"})
     tail_recent: int | None = field(default=None, metadata={
         "help": "chunks right before the previous one that the exact tail and decoding always keep (a local "
                 "window, as InfLLM's local tokens); the other K-3-tail_recent slots go to the top-scored older "
