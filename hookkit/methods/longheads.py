@@ -602,7 +602,7 @@ class LongHeads(Intervention):
             return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "lexical":  # one ranking for every head and query: no kv_head sum needed
             G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
-            scores = _lexical_rank(row, c).to(q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
+            scores = _lexical_rank(row, c, q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
         elif score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
         elif score == "max_key_bound":
@@ -887,16 +887,17 @@ def lexical_chunk_scores(ids: list[int], w: int, query_tokens: int) -> list[floa
     return [sum(idf[t] for t in sorted(chunk)) for chunk in shared]
 
 
-def _lexical_rank(row: _Row, c: int) -> torch.Tensor:
+def _lexical_rank(row: _Row, c: int, device: torch.device) -> torch.Tensor:
     """``[c−2]`` float ranks of chunks 1..c−2 (higher = kept first) by the row's lexical score, ties (e.g. no
-    shared token, or a chunk completed while decoding, which holds no prompt token) going to the newer chunk."""
+    shared token, or a chunk completed while decoding, which holds no prompt token) going to the newer chunk.
+    Cached on ``device`` per c, so a decoding step copies nothing to the device."""
     if row.lexical_rank is None or row.lexical_rank[0] != c:
         lex = row.lexical or []
         score = [lex[j] if j < len(lex) else 0.0 for j in range(1, c - 1)]
         order = sorted(range(c - 2), key=lambda j: (score[j], j))
         rank = torch.empty(c - 2)
         rank[order] = torch.arange(c - 2, dtype=rank.dtype)
-        row.lexical_rank = (c, rank)
+        row.lexical_rank = (c, rank.to(device))
     return row.lexical_rank[1]
 
 
