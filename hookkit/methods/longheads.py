@@ -588,6 +588,7 @@ class LongHeads(Intervention):
         (``_bound_scores``), which reads two vectors per chunk instead of every key.
         """
         K, Qb = state.cfg.K, q_raw.shape[1]
+        G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads  # selection groups
         if state.rope_window_mean is not None and score in ("max_key", "max_key_bound"):
             # score_rope="window_mean": (R(d)·q)·k averaged over the distances d = 0..K·w-1 of the re-indexed
             # layout is (mean_d R(d)·q)·k, since a rotation is linear: one transformed query, the same max-key
@@ -597,11 +598,9 @@ class LongHeads(Intervention):
             acc = torch.promote_types(q_raw.dtype, torch.float32)
             q_raw = apply_rope(q_raw.to(acc), cos.to(acc), sin.to(acc))
         if score == "recent":  # the K-3 chunks before the previous one: no scores, chunk 0 + the last K-1 chunks
-            G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
             recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
             return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "lexical":  # one ranking for every head and query: no kv_head sum needed
-            G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads
             scores = _lexical_rank(row, c, q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
         elif score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
