@@ -22,7 +22,8 @@ from hookkit.core.intervention import Binding, Intervention
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError
-from hookkit.methods.longheads import LongHeads, lexical_chunk_scores
+from hookkit.methods.chunk_ranking import ChunkRanking, lexical_chunk_scores
+from hookkit.methods.longheads import LongHeads
 
 W, ATT = 4, 24
 # Every prompt here fits in the tiny models' trained length (1024): the tests of selection set fit_margin=0 (the
@@ -519,6 +520,16 @@ def test_lexical_chunk_scores_weight_the_question_ids_by_rarity() -> None:
     assert lexical_chunk_scores(ids, 2, 3) == pytest.approx(expected, rel=1e-12)
     assert idf[4] < idf[2] < idf[1]
     assert lexical_chunk_scores(ids, 2, 0) == [0.0] * 5
+
+
+def test_chunk_ranking_orders_chunks_by_score_and_ties_to_the_newer_chunk() -> None:
+    """Ranks of chunks 1..c-2 (chunk 0 is the sink, c-1 the current one): higher score ranks higher; equal scores,
+    and chunks completed after the prompt (no score), rank the newer chunk higher. Cached per chunk count."""
+    ranking = ChunkRanking([9.0, 1.0, 0.0, 3.0, 0.0])  # chunk 0's score is never ranked
+    rank = ranking.rank(7, torch.device("cpu"))  # chunks 1..5: scores 1, 0, 3, 0, 0 (chunk 5 was decoded)
+    assert rank.tolist() == [3.0, 0.0, 4.0, 1.0, 2.0]
+    assert ranking.rank(7, torch.device("cpu")) is rank
+    assert ranking.rank(8, torch.device("cpu")).tolist() == [4.0, 0.0, 5.0, 1.0, 2.0, 3.0]
 
 
 def test_lexical_tail_keeps_the_chunk_that_repeats_the_question_in_every_head() -> None:

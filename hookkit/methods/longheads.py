@@ -59,7 +59,7 @@ docs/methods/longheads.md, "Differences from the official code"):
    last K−1 chunks (sink + sliding window, no scores); the exact tail and every decoding step keep chunk 0 and a
    local window of ``tail_recent`` chunks and fill the other slots, for every head alike, with the prompt chunks
    sharing the most rare token ids with the prompt's last ``exact_tail`` tokens (``tail_selection="lexical"``:
-   BM25 idf over the prompt's own chunks, :func:`lexical_chunk_scores`). The official summary score failed
+   BM25 idf over the prompt's own chunks, :mod:`hookkit.methods.chunk_ranking`). The official summary score failed
    passkey trials inside the trained length; scored prompt chunks, or every answer chunk by score, failed needles
    far beyond B; on natural text no position-free ``q·k`` score (``max_key``, its bound ``max_key_bound``)
    singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
@@ -69,7 +69,6 @@ docs/methods/longheads.md, "Differences from the official code"):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +79,7 @@ from hookkit.core.intervention import AttnCall, Binding, HookContext, Interventi
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
+from hookkit.methods.chunk_ranking import ChunkRanking, lexical_chunk_scores
 from hookkit.methods.rope_attention import (
     apply_rope,
     check_rotation,
@@ -112,8 +112,7 @@ class _Row:
     length: int = 0
     n_summ: int = 0
     pos0: int | None = None  # RoPE position of the row's first real token in the cache (found at its first append)
-    lexical: list[float] | None = None  # tail_selection="lexical": the prompt chunks' question-overlap scores
-    lexical_rank: tuple[int, torch.Tensor] | None = None  # (c, rank of chunks 1..c-2 by that score), cached per c
+    lexical: ChunkRanking | None = None  # tail_selection="lexical": the row's prompt chunks ranked (every layer's)
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ class LongHeadsState:
     rope_local: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [w, D] of positions 0..w-1 (fp32)
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     rope_window_mean: tuple[torch.Tensor, torch.Tensor] | None = None  # mean cos/sin [D] over angles 0..K*w-1
-    lexical: list[list[float]] | None = None  # per row: lexical_chunk_scores of its prompt (tail_selection="lexical")
+    lexical: list[ChunkRanking] | None = None  # per row: its prompt's chunks ranked (tail_selection="lexical")
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
     rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
     count_pairs: bool = False
@@ -374,7 +373,7 @@ class LongHeads(Intervention):
             cos, sin = cfg.rotary(probe, torch.arange(K * w, device=device)[None])
             state.rope_window_mean = (cos[0].double().mean(0).float(), sin[0].double().mean(0).float())
         if cfg.uses_lexical:
-            state.lexical = [lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail)
+            state.lexical = [ChunkRanking(lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail))
                              for b, n in enumerate(state.n_pad)]
         return state
 
@@ -601,7 +600,7 @@ class LongHeads(Intervention):
             recent = torch.arange(c - K + 2, c - 1, device=q_raw.device)
             return recent.view(1, 1, -1).expand(G, Qb, -1)
         if score == "lexical":  # one ranking for every head and query: no kv_head sum needed
-            scores = _lexical_rank(row, c, q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
+            scores = row.lexical.rank(c, q_raw.device).view(1, 1, -1).expand(G, Qb, -1).clone()
         elif score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
         elif score == "max_key_bound":
@@ -868,36 +867,6 @@ class LongHeads(Intervention):
         out = merge_by_lse(torch.cat(outs, dim=1), torch.cat(lse, dim=1), dim=1)  # parts along dim 1 -> [G, r, D]
         state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
-
-
-def lexical_chunk_scores(ids: list[int], w: int, query_tokens: int) -> list[float]:
-    """Per complete chunk of ``ids`` (w tokens each): Σ idf(t) over the distinct token ids t of the last
-    ``query_tokens`` ids that occur in the chunk (BM25 with binary term counts, Robertson and Zaragoza 2009).
-
-    idf(t) = ln(1 + (N − df(t) + 0.5) / (df(t) + 0.5)), with df(t) the number of the N complete chunks holding t:
-    positive for every token, near 0 for a token in every chunk (template words, "the"), largest for a token in one
-    chunk. Chunks are compared with the prompt's own chunks only, so no corpus statistics are needed.
-    """
-    n_chunks = len(ids) // w
-    query = set(ids[-query_tokens:]) if query_tokens > 0 else set()
-    shared = [set(ids[c * w:(c + 1) * w]) & query for c in range(n_chunks)]
-    df = {t: sum(t in chunk for chunk in shared) for t in query}
-    idf = {t: math.log(1.0 + (n_chunks - df[t] + 0.5) / (df[t] + 0.5)) for t in query}
-    return [sum(idf[t] for t in sorted(chunk)) for chunk in shared]
-
-
-def _lexical_rank(row: _Row, c: int, device: torch.device) -> torch.Tensor:
-    """``[c−2]`` float ranks of chunks 1..c−2 (higher = kept first) by the row's lexical score, ties (e.g. no
-    shared token, or a chunk completed while decoding, which holds no prompt token) going to the newer chunk.
-    Cached on ``device`` per c, so a decoding step copies nothing to the device."""
-    if row.lexical_rank is None or row.lexical_rank[0] != c:
-        lex = row.lexical or []
-        score = [lex[j] if j < len(lex) else 0.0 for j in range(1, c - 1)]
-        order = sorted(range(c - 2), key=lambda j: (score[j], j))
-        rank = torch.empty(c - 2)
-        rank[order] = torch.arange(c - 2, dtype=rank.dtype)
-        row.lexical_rank = (c, rank.to(device))
-    return row.lexical_rank[1]
 
 
 def _grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:
