@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hookkit import compat
+from hookkit.errors import check_int
 from hookkit.evals.memory import PeakMemory
 
 
@@ -59,8 +60,7 @@ def greedy_generate(model: Any, input_ids: Sequence[int] | torch.Tensor, max_new
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"greedy_generate takes one prompt, got input_ids of shape {tuple(ids.shape)}")
     eos = {int(t) for t in eos_token_ids}
-    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
-        raise ValueError(f"min_new_tokens must be a non-negative integer, got {min_new_tokens!r}")
+    check_int("min_new_tokens", min_new_tokens, low=0)
     eos_index = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     new: list[int] = []
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hookkit.cli.common import float_list, int_list
 from hookkit.cli.evaluation import TaskCommand, add_long_context_model_args, add_runner_args, fmt, gigabytes, run_eval
-from hookkit.errors import ConfigError
+from hookkit.errors import ConfigError, check_int
 
 
 def _one_prompt_at_a_time(args: argparse.Namespace) -> None:
@@ -69,9 +69,7 @@ def run_niah(args: argparse.Namespace) -> int:
     for d in args.depths:
         if not 0.0 <= d <= 100.0:
             raise ConfigError("--depths", f"depth {d} is not a percentage in [0, 100]")
-    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
-        raise ConfigError("--min-new-tokens", f"{args.min_new_tokens} is outside [0, --max-new-tokens]",
-                          f"0..{args.max_new_tokens}")
+    check_int("--min-new-tokens", args.min_new_tokens, low=0, high=args.max_new_tokens)  # before the model loads
     if args.trials < 1:
         raise ConfigError("--trials", f"{args.trials} is not a positive number of trials per cell")
     if args.trials > 1 and not args.vary_start:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hookkit.errors import check_int
 from hookkit.evals.corpus import HAYSTACKS, corpus_sha256
 from hookkit.evals.decoding import eos_ids, greedy_generate
 from hookkit.evals.niah.build import (
@@ -83,10 +84,7 @@ class NiahTask(EvalTask):
             raise ValueError(f"trials must be a positive integer, got {trials!r}")
         if trials > 1 and not vary_start:
             raise ValueError("trials > 1 repeats the same prompt unless vary_start=True; set vary_start=True")
-        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or \
-                not 0 <= min_new_tokens <= max_new_tokens:
-            raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens={max_new_tokens}], "
-                             f"got {min_new_tokens!r}")
+        check_int("min_new_tokens", min_new_tokens, low=0, high=max_new_tokens)
         for d in depths:
             if not 0 <= d <= 100:
                 raise ValueError(f"depth percents must lie in [0, 100], got {d}")
