@@ -22,7 +22,13 @@ from hookkit.core.intervention import Binding, Intervention
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError
-from hookkit.methods.chunk_ranking import ChunkRanking, lexical_chunk_scores
+from hookkit.methods.chunk_scores import (
+    ChunkRanking,
+    bound_scores,
+    lexical_chunk_scores,
+    max_key_scores,
+    update_key_bounds,
+)
 from hookkit.methods.longheads import LongHeads
 
 W, ATT = 4, 24
@@ -409,10 +415,10 @@ def test_window_mean_scores_change_the_selection() -> None:
 def test_max_key_scores_in_small_groups_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """The max-key scores are computed a few queries and chunks at a time (memory); groups of 3 chunks and 2
     queries split every block of this prompt unevenly, and selections and outputs must stay the reference's."""
-    import hookkit.methods.longheads as lh
+    import hookkit.methods.chunk_scores as scores
 
-    monkeypatch.setattr(lh, "MAX_KEY_GROUP", 3)
-    monkeypatch.setattr(lh, "MAX_KEY_QUERIES", 2)
+    monkeypatch.setattr(scores, "MAX_KEY_GROUP", 3)
+    monkeypatch.setattr(scores, "MAX_KEY_QUERIES", 2)
     test_matches_per_token_reference_prefill_and_decode(
         "query_head", True, dict(prefill_selection="recent", tail_selection="max_key", exact_tail=9))
 
@@ -530,6 +536,32 @@ def test_chunk_ranking_orders_chunks_by_score_and_ties_to_the_newer_chunk() -> N
     assert rank.tolist() == [3.0, 0.0, 4.0, 1.0, 2.0]
     assert ranking.rank(7, torch.device("cpu")) is rank
     assert ranking.rank(8, torch.device("cpu")).tolist() == [4.0, 0.0, 5.0, 1.0, 2.0, 3.0]
+
+
+def test_key_bounds_fed_in_pieces_bound_the_max_key_score() -> None:
+    """Keys folded in uneven pieces (running bounds for the chunk being filled) give every chunk's exact elementwise
+    max and min, and the bound score is never below the max-key score it bounds, and above it somewhere."""
+    g = torch.Generator().manual_seed(0)
+    w, Hkv, r, D, n = 4, 2, 3, 8, 22
+    k_raw = torch.randn(n, Hkv, D, generator=g)
+    kmax, kmin = torch.empty(Hkv, 0, D), torch.empty(Hkv, 0, D)
+    for a, b in ((0, 3), (3, 4), (4, 13), (13, 22)):
+        kmax, kmin = update_key_bounds(kmax, kmin, k_raw[a:b], a, w)
+    for c in range(-(-n // w)):  # the last chunk is partial: its running bounds
+        torch.testing.assert_close(kmax[:, c], k_raw[c * w:(c + 1) * w].amax(0), rtol=0, atol=0)
+        torch.testing.assert_close(kmin[:, c], k_raw[c * w:(c + 1) * w].amin(0), rtol=0, atol=0)
+    q = torch.randn(Hkv * r, 5, D, generator=g)
+    identity = (torch.ones(w, D), torch.zeros(w, D))  # RoPE off: the locally rotated keys are the raw keys
+
+    def local_keys(lo: int, hi: int) -> torch.Tensor:
+        return k_raw[lo * w:hi * w].reshape(hi - lo, w, Hkv, D).permute(2, 0, 1, 3)
+
+    c = n // w + 1  # chunks 1..c-2 are complete
+    exact = max_key_scores(q, identity, Hkv, c, local_keys)
+    bound = bound_scores(q, kmax[:, 1:c - 1], kmin[:, 1:c - 1])
+    per_chunk = torch.einsum("hqd,nhd->hqn", q, k_raw.repeat_interleave(r, dim=1))[..., w:(c - 1) * w]
+    torch.testing.assert_close(exact, per_chunk.reshape(*q.shape[:2], c - 2, w).amax(-1))
+    assert bool((bound >= exact - 1e-5).all()) and bool((bound > exact + 1e-3).any())
 
 
 def test_lexical_tail_keeps_the_chunk_that_repeats_the_question_in_every_head() -> None:

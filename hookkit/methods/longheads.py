@@ -59,7 +59,7 @@ docs/methods/longheads.md, "Differences from the official code"):
    last K−1 chunks (sink + sliding window, no scores); the exact tail and every decoding step keep chunk 0 and a
    local window of ``tail_recent`` chunks and fill the other slots, for every head alike, with the prompt chunks
    sharing the most rare token ids with the prompt's last ``exact_tail`` tokens (``tail_selection="lexical"``:
-   BM25 idf over the prompt's own chunks, :mod:`hookkit.methods.chunk_ranking`). The official summary score failed
+   BM25 idf over the prompt's own chunks, :mod:`hookkit.methods.chunk_scores`). The official summary score failed
    passkey trials inside the trained length; scored prompt chunks, or every answer chunk by score, failed needles
    far beyond B; on natural text no position-free ``q·k`` score (``max_key``, its bound ``max_key_bound``)
    singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
@@ -73,13 +73,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hookkit.core.intervention import AttnCall, Binding, HookContext, Intervention, SampleInfo
 from hookkit.core.regions import Region
 from hookkit.core.sites import Site
 from hookkit.errors import ConfigError, UnsupportedModelError, check_bool, check_choice, check_int, check_int_list
-from hookkit.methods.chunk_ranking import ChunkRanking, lexical_chunk_scores
+from hookkit.methods.chunk_scores import (
+    ChunkRanking,
+    bound_scores,
+    chunk_summaries,
+    grow,
+    lexical_chunk_scores,
+    max_key_scores,
+    update_key_bounds,
+)
 from hookkit.methods.rope_attention import (
     apply_rope,
     check_rotation,
@@ -95,10 +102,6 @@ PREFILL_CHOICES = ("token", "block", "recent")
 TAIL_CHOICES = ("max_key", "max_key_bound", "summary", "lexical")
 SCORE_ROPE_CHOICES = ("none", "window_mean")
 DEFAULT_ATTEN_LENGTH = 4096
-#: Chunks whose max-key scores are computed together (bounds the transient memory of a scoring step).
-MAX_KEY_GROUP = 8
-#: Queries whose max-key scores are computed together (each is rotated to the w local offsets first).
-MAX_KEY_QUERIES = 8
 
 
 @dataclass
@@ -455,7 +458,7 @@ class LongHeads(Intervention):
             row.pos0 = _position_offset(call, state, b, k_raw[0])
         need = start + n
         if cfg.uses_bounds:
-            self._update_bounds(row, k_raw, start, w)
+            row.kmax, row.kmin = update_key_bounds(row.kmax, row.kmin, k_raw, start, w)
         row.length = need
         done = need // w - row.n_summ  # chunks completed by this forward
         if not cfg.uses_summaries:  # "recent" prompt selection with max-key scores never reads a summary
@@ -472,58 +475,18 @@ class LongHeads(Intervention):
             keys = call.key[b, :, first:first + n_tok].reshape(cfg.num_kv, done, w, -1)
             k_loc = state.local_keys(keys, chunks[None, :], row.pos0).reshape(cfg.num_kv, n_tok, -1)
             summ = self._summaries(tail[:, :n_tok], k_loc, value, call.scaling, row.summ.dtype, w)  # [H, done, D]
-            row.summ = _grow(row.summ, row.n_summ + done, 4)
+            row.summ = grow(row.summ, row.n_summ + done, 4)
             row.summ[:, row.n_summ:row.n_summ + done] = summ
             row.n_summ += done
             tail = tail[:, n_tok:]
         # Copy the short remainder: a view would keep the whole prefill's query tensor alive.
         row.q_tail = tail.clone() if done > 0 else tail
 
-    @staticmethod
-    def _update_bounds(row: _Row, k_raw: torch.Tensor, start: int, w: int) -> None:
-        """Fold raw keys ``k_raw [n, Hkv, D]`` at positions ``start..`` into their chunks' elementwise max and min
-        (running values for the chunk still being filled): the per-chunk bound ``max_key_bound`` scores with."""
-        n = k_raw.shape[0]
-        first, last = start // w, (start + n - 1) // w
-        fresh = last + 1 - row.kmax.shape[1]
-        if fresh > 0:
-            row.kmax = _grow(row.kmax, last + 1, 4, fill=float("-inf"))
-            row.kmin = _grow(row.kmin, last + 1, 4, fill=float("inf"))
-        keys = k_raw.transpose(0, 1)  # [Hkv, n, D]
-        chunk_of = (torch.arange(start, start + n, device=keys.device) // w - first)  # [n], chunks first..last
-        index = chunk_of.view(1, n, 1).expand_as(keys)
-        span = last + 1 - first
-        row.kmax[:, first:last + 1] = row.kmax[:, first:last + 1].scatter_reduce(
-            1, index, keys.to(row.kmax.dtype), "amax", include_self=True)[:, :span]
-        row.kmin[:, first:last + 1] = row.kmin[:, first:last + 1].scatter_reduce(
-            1, index, keys.to(row.kmin.dtype), "amin", include_self=True)[:, :span]
-
     def _summaries(self, q_loc: torch.Tensor, k_loc: torch.Tensor, value: torch.Tensor, scaling: float,
                    out_dtype: torch.dtype, w: int, batch_chunks: int = 64) -> torch.Tensor:
-        """Chunk representations c_c (methods-llm.md §1.3 a) of complete chunks, ``[H, G, D]``.
-
-        ``q_loc [H, G*w, D]``, ``k_loc``/``value`` ``[Hkv, G*w, D]``. Summaries are per query head (GQA choice A):
-        a query head uses the keys/values of its KV head.
-        """
-        H, n, D = q_loc.shape
-        Hkv = k_loc.shape[0]
-        G, rep = n // w, H // Hkv
-        outs = []
-        for g0 in range(0, G, batch_chunks):
-            g1 = min(G, g0 + batch_chunks)
-            sl = slice(g0 * w, g1 * w)
-            q = q_loc[:, sl].reshape(H, g1 - g0, w, D).transpose(0, 1)  # [g, H, w, D]
-            k = k_loc[:, sl].reshape(Hkv, g1 - g0, w, D).transpose(0, 1)
-            v = value[:, sl].reshape(Hkv, g1 - g0, w, D).transpose(0, 1)
-            k = k.repeat_interleave(rep, dim=1) if rep > 1 else k
-            v = v.repeat_interleave(rep, dim=1) if rep > 1 else v
-            # Bidirectional in-chunk attention (official: FlashSelfAttention(causal=False)); 4-D SDPA.
-            o = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=scaling)
-            s = o.to(out_dtype).mean(dim=2, keepdim=True)  # summary query s_c [g, H, 1, D]
-            kf = k.to(out_dtype)
-            c = F.scaled_dot_product_attention(s, kf, kf, scale=scaling)  # attention-weighted keys
-            outs.append(c[:, :, 0])
-        return torch.cat(outs, dim=0).transpose(0, 1)  # [H, G, D]
+        """Chunk summaries of complete chunks (:func:`~hookkit.methods.chunk_scores.chunk_summaries`); a method so
+        that a benchmark can swap the summary rule (bench/longheads_scores.py)."""
+        return chunk_summaries(q_loc, k_loc, value, scaling, out_dtype, w, batch_chunks)
 
     # ------------------------------------------------------------------ attention of one row
     def _row_attention(self, call: AttnCall, state: LongHeadsState, row: _Row, b: int, q_raw: torch.Tensor,
@@ -582,9 +545,9 @@ class LongHeads(Intervention):
         ``score``: ``"summary"`` (exact tail, decoding) or ``"prompt_summary"`` (prompt before the tail): raw
         query · chunk summary, per query (official, §1.3 b); ``"recent"``: no score; ``"shared"``: the same
         with the block's mean raw query, one selection for the whole block; ``"max_key"``: per query, the chunk's
-        largest un-rotated dot product ``q_raw · k_raw`` over its keys (see ``_max_key_scores``);
+        largest un-rotated dot product ``q_raw · k_raw`` over its keys (:func:`~.chunk_scores.max_key_scores`);
         ``"max_key_bound"``: an upper bound of that maximum from the chunk's per-dimension key max and min
-        (``_bound_scores``), which reads two vectors per chunk instead of every key.
+        (:func:`~.chunk_scores.bound_scores`), which reads two vectors per chunk instead of every key.
         """
         K, Qb = state.cfg.K, q_raw.shape[1]
         G = state.cfg.num_kv if self.gqa_selection == "kv_head" else state.cfg.num_heads  # selection groups
@@ -604,7 +567,7 @@ class LongHeads(Intervention):
         elif score == "max_key":
             scores = self._max_key_scores(state, row, q_raw, c, key_b, n_pad)
         elif score == "max_key_bound":
-            scores = self._bound_scores(state, row, q_raw, c)
+            scores = bound_scores(q_raw, row.kmax[:, 1:c - 1], row.kmin[:, 1:c - 1])
         else:
             cand = row.summ[:, 1:c - 1]  # [H, c-2, D]
             q = q_raw.to(cand.dtype)
@@ -627,52 +590,15 @@ class LongHeads(Intervention):
 
     def _max_key_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, key_b: torch.Tensor,
                         n_pad: int) -> torch.Tensor:
-        """``[H, Qb, c−2]``: for chunks 1..c−2, the largest ``q_raw · k_raw`` over the chunk's keys.
+        """:func:`~hookkit.methods.chunk_scores.max_key_scores` of chunks 1..c−2, with the locally rotated keys
+        derived from the cache (``key_b``) a few chunks at a time: no copy of the keys."""
+        w, num_kv = state.cfg.w, state.cfg.num_kv
 
-        Why: the summary score compares a raw query with a summary of *locally rotated* keys; on SmolLM2 about
-        a fifth of the heads then miss the chunk that holds the needle for the answering token, and passkey
-        retrieval fails even inside the trained length (docs/methods/longheads.md, "Chunk scores"). The
-        position-free raw product, maximised over the chunk, is what a key would score if RoPE were off, so a
-        chunk is kept when *any* of its tokens matches the query. Raw keys are never stored: ``q_raw·k_raw_j ==
-        (R(j mod w)·q_raw)·k_loc_j``, so the query is rotated to each of the w local offsets, and the locally
-        rotated keys are derived from the cache chunk by chunk. Cost O(tokens · D) per query and head.
-        """
-        H, Qb, D = q_raw.shape
-        Hkv, w, r = state.cfg.num_kv, state.cfg.w, state.cfg.num_heads // state.cfg.num_kv
-        acc = torch.promote_types(q_raw.dtype, torch.float32)
-        cos, sin = (x.to(acc) for x in state.rope_local)  # [w, D]
-        q_all = q_raw.to(acc).reshape(Hkv, r, Qb, D)
-        scores = q_all.new_empty(Hkv, r, Qb, c - 2)
-        # A few queries and chunks at a time: the w rotated copies of the queries, the derived keys and the
-        # [queries x w] logits of one group stay small, so scoring adds no buffer of size queries x w or
-        # context to the peak memory (the maximum is per query and chunk, so grouping is exact).
-        for q0 in range(0, Qb, MAX_KEY_QUERIES):
-            q1 = min(q0 + MAX_KEY_QUERIES, Qb)
-            q_rot = apply_rope(q_all[:, :, q0:q1, None], cos, sin)  # [Hkv, r, Qg, w, D]: R(m)·q, m = 0..w-1
-            q_rot = q_rot.reshape(Hkv, r * (q1 - q0), w, D)
-            for lo in range(1, c - 1, MAX_KEY_GROUP):
-                hi = min(lo + MAX_KEY_GROUP, c - 1)
-                cached = key_b[:, n_pad + lo * w:n_pad + hi * w].reshape(Hkv, hi - lo, w, D)
-                chunks = torch.arange(lo, hi, device=key_b.device)
-                keys = state.local_keys(cached, chunks[None, :], row.pos0).to(acc)
-                logits = torch.einsum("gqmd,gcmd->gqcm", q_rot, keys)  # [Hkv, r*Qg, hi-lo, w]
-                scores[:, :, q0:q1, lo - 1:hi - 1] = logits.amax(dim=-1).view(Hkv, r, q1 - q0, hi - lo)
-        return scores.view(H, Qb, c - 2)
+        def local_keys(lo: int, hi: int) -> torch.Tensor:
+            cached = key_b[:, n_pad + lo * w:n_pad + hi * w].reshape(num_kv, hi - lo, w, -1)
+            return state.local_keys(cached, torch.arange(lo, hi, device=key_b.device)[None, :], row.pos0)
 
-    def _bound_scores(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int) -> torch.Tensor:
-        """``[H, Qb, c−2]``: for chunks 1..c−2, ``Σ_d max(q_d·kmax_d, q_d·kmin_d)`` over the chunk's per-dimension
-        key max and min: an upper bound of the max-key score ``max_j q·k_j`` (Quest's page criticality, Tang et al.
-        2024, here on raw keys). Two vectors per chunk are read instead of its w keys, so a decoding step scores
-        the whole context in O(chunks · D) per head, and the bounds cost 2/w of the keys' memory.
-        """
-        H, Qb, D = q_raw.shape
-        Hkv, r = state.cfg.num_kv, state.cfg.num_heads // state.cfg.num_kv
-        acc = torch.promote_types(q_raw.dtype, torch.float32)
-        q = q_raw.to(acc).reshape(Hkv, r * Qb, D)
-        kmax, kmin = row.kmax[:, 1:c - 1].to(acc), row.kmin[:, 1:c - 1].to(acc)  # [Hkv, c-2, D]
-        scores = (torch.matmul(q.clamp_min(0), kmax.transpose(1, 2))
-                  + torch.matmul(q.clamp_max(0), kmin.transpose(1, 2)))
-        return scores.view(H, Qb, c - 2)
+        return max_key_scores(q_raw, state.rope_local, num_kv, c, local_keys)
 
     def _selective_block(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, q_loc: torch.Tensor, c: int,
                          offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
@@ -867,20 +793,6 @@ class LongHeads(Intervention):
         out = merge_by_lse(torch.cat(outs, dim=1), torch.cat(lse, dim=1), dim=1)  # parts along dim 1 -> [G, r, D]
         state.count_block(1, K)
         return out.to(q_loc.dtype).reshape(H, 1, D).transpose(0, 1)
-
-
-def _grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:
-    """``buffer [A, cap, D]`` with room for ``need`` entries along dim 1 (geometric growth keeps appends amortised
-    O(1)); new slots hold ``fill`` (or are uninitialised)."""
-    cap = buffer.shape[1]
-    if need <= cap:
-        return buffer
-    new_cap = max(need + extra, 2 * cap)
-    grown = buffer.new_empty(buffer.shape[0], new_cap, buffer.shape[2])
-    if fill is not None:
-        grown[:, cap:].fill_(fill)
-    grown[:, :cap] = buffer
-    return grown
 
 
 def _position_offset(call: AttnCall, state: LongHeadsState, b: int, k_first: torch.Tensor) -> int:
