@@ -54,7 +54,7 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
            "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent", "longheads-gated",
-           "longheads-gated16", "longheads-gated48", "longheads-lexical")
+           "longheads-gated16", "longheads-gated48", "longheads-lexical", "longheads-lexical-slot1")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -124,6 +124,9 @@ DIAGNOSTICS = {
 # "lexical"``), every head alike; otherwise ``longheads-bound-fit``. The library default since the thirteenth pass
 # of docs/benchmarks.md (``longheads-bound-fit`` was the default before).
 LONGHEADS_PARAMS["longheads-lexical"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"}
+# Candidate (fifteenth pass): one lexical slot instead of five (tail_recent 12 of the 13 non-fixed chunks), the
+# view of the ``stock-cut-needle`` oracle: the sink, the best-ranked chunk and the recent chunks.
+LONGHEADS_PARAMS["longheads-lexical-slot1"] = {**LONGHEADS_PARAMS["longheads-lexical"], "tail_recent": 12}
 LONGHEADS_PARAMS["longheads-ntk16k"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "atten_length": 16384,
                                        "begin_selective": 16384, "tail_recent": 37}
 #: ``stock-cut``: stock attention on the prompt with its middle dropped, keeping the first CUT_HEAD and the last
