@@ -54,7 +54,9 @@ METHODS = ("stock", "ntk", "longheads", "longheads-scored-tail", "longheads-bloc
            "longheads-b8k", "longheads-bound-b8k", "longheads-b8k-wm", "longheads-bound-b8k-wm", "longheads-fit",
            "longheads-bound-fit", "longheads-ntk16k", "stock-cut", "stock-cut-needle", "stock-cut8k",
            "stock-cut8k-needle", "longheads-anchored", "longheads-anchored-recent", "longheads-gated",
-           "longheads-gated16", "longheads-gated48", "longheads-lexical", "longheads-lexical-slot1")
+           "longheads-gated16", "longheads-gated48", "longheads-lexical", "longheads-lexical-slot1", "stock-cut-chunks",
+           "longheads-lexical-wide", "longheads-anchored-lexical",
+           "stock-cut-chunks-ctx", "longheads-lexical-reread")
 # LongHeads variants, spelled out in full so that a change of the library's defaults changes the recipe hash (and a
 # resumed run refuses to mix the two): hookkit's defaults; the same with every tail chunk chosen by score (no local
 # window for the answer); the earlier defaults (block-shared summary selection for the prompt); the official
@@ -120,6 +122,20 @@ DIAGNOSTICS = {
     "longheads-gated48": ("bench.longheads_gated:GatedLongHeads",
                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "slot_margin": 48.0}),
 }
+# Diagnostic (bench/longheads_wide_tail.py): the lexical defaults with the last 2048 prompt tokens (the answer's
+# 8-chunk local window) reading the lexical slots too, the ranking still scored against the last 32 tokens.
+DIAGNOSTICS["longheads-lexical-wide"] = ("bench.longheads_wide_tail:WideTailLongHeads",
+                                         {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical",
+                                          "exact_tail": 2048, "lexical_query": 32})
+# Diagnostic: the lexical defaults with the prompt's last K-1 chunks read as one truncated prompt (bench/
+# longheads_anchored.py), i.e. the recent tokens' hidden states as in the ``stock-cut-chunks`` oracle.
+# Diagnostic (bench/longheads_reread.py): the lexical defaults with the retrieved chunks' own tokens reading chunk 0
+# and their own chunk only (as the ``stock-cut-chunks`` oracle reads the needle's chunk).
+DIAGNOSTICS["longheads-lexical-reread"] = ("bench.longheads_reread:ReReadLongHeads",
+                                           {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical",
+                                            "reread_before": 0})
+DIAGNOSTICS["longheads-anchored-lexical"] = ("bench.longheads_anchored:AnchoredLongHeads",
+                                             {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"})
 # The answer's scored slots hold the prompt chunks sharing the question's rare token ids (``tail_selection=
 # "lexical"``), every head alike; otherwise ``longheads-bound-fit``. The library default since the thirteenth pass
 # of docs/benchmarks.md (``longheads-bound-fit`` was the default before).
@@ -152,6 +168,21 @@ def cut_prompt(ids: list[int], needle_span: tuple[int, int] | None = None, keep:
         return ids[:CUT_HEAD] + ids[len(ids) - (keep - CUT_HEAD):]
     mid = needle_window_start(len(ids), needle_span, keep)
     return ids[:CUT_HEAD] + ids[mid:mid + CUT_HEAD] + ids[len(ids) - (keep - 2 * CUT_HEAD):]
+
+
+def cut_prompt_chunks(ids: list[int], needle_span: tuple[int, int], keep: int = CUT_KEEP, before: int = 0) -> list[int]:
+    """``stock-cut-chunks``: ``stock-cut-needle`` with LongHeads' chunking: the CUT_HEAD-aligned chunks the needle
+    overlaps (one, or two when it straddles a boundary) replace as many recent tokens; ``stock-cut`` when the needle
+    starts in the head or the recent part. ``before`` (``stock-cut-chunks-ctx``: 3) also keeps that many chunks right
+    before the needle's, so that the needle is read after its own context. Unchanged when ``ids`` is no longer than
+    ``keep``."""
+    if len(ids) <= keep:
+        return ids
+    first, last = needle_span[0] // CUT_HEAD, (needle_span[1] - 1) // CUT_HEAD
+    if first == 0 or needle_span[0] >= len(ids) - (keep - CUT_HEAD):  # already in the head or the recent part
+        return cut_prompt(ids, None, keep)
+    chunks = ids[max(1, first - before) * CUT_HEAD:(last + 1) * CUT_HEAD]
+    return ids[:CUT_HEAD] + chunks + ids[len(ids) - (keep - CUT_HEAD - len(chunks)):]
 
 
 def needle_window_start(n_tokens: int, needle_span: tuple[int, int], keep: int = CUT_KEEP) -> int:
@@ -298,6 +329,15 @@ def phase_niah(args: argparse.Namespace) -> None:
     class CutNeedleNiahTask(CutNiahTask):
         keep_needle = True
 
+    class CutChunksNiahTask(NiahTask):
+        before = 0
+
+        def model_input_ids(self, prompt: Any) -> Any:
+            return cut_prompt_chunks(prompt.input_ids, prompt.needle_token_span, before=self.before)
+
+    class CutChunksCtxNiahTask(CutChunksNiahTask):
+        before = 3
+
     class Cut8kNiahTask(CutNiahTask):
         keep = CUT_KEEP_TRAINED
 
@@ -309,7 +349,9 @@ def phase_niah(args: argparse.Namespace) -> None:
         model, tok, info = load(method, dtype)
         for length in args.lengths:
             task_class = {"stock-cut": CutNiahTask, "stock-cut-needle": CutNeedleNiahTask,
-                          "stock-cut8k": Cut8kNiahTask, "stock-cut8k-needle": Cut8kNeedleNiahTask}.get(method, NiahTask)
+                          "stock-cut8k": Cut8kNiahTask, "stock-cut8k-needle": Cut8kNeedleNiahTask,
+                          "stock-cut-chunks": CutChunksNiahTask,
+                          "stock-cut-chunks-ctx": CutChunksCtxNiahTask}.get(method, NiahTask)
             task = task_class(tok, [length], args.depths, haystack=args.haystack, needle=args.needle,
                               trials=args.trials if args.vary_start else 1, vary_start=args.vary_start)
             suffix = "-varied" if args.vary_start else ""
