@@ -31,6 +31,6 @@ class AnchoredLongHeads(LongHeads):
             self._anchor = max(1, (first_pos + n_new - 1) // state.cfg.w - (state.cfg.K - 2))
         return super()._row_attention(call, state, row, b, q_raw, first_pos, n_new, i0)
 
-    def _window_start(self, state: Any, c: int) -> int:
+    def _window_start(self, state: Any, row: Any, c: int) -> int:
         # Inside the span the window starts at the span's first chunk (at most K-2 chunks back, as the library's)
-        return self._anchor if c >= self._anchor else super()._window_start(state, c)
+        return self._anchor if c >= self._anchor else super()._window_start(state, row, c)

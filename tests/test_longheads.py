@@ -74,6 +74,7 @@ class RefLongHeads(Intervention):
     exact_tail: int = 32
     tail_recent: int | None = None  # None: round(0.6 * (K - 3)), the documented default
     score_rope: str = "none"
+    isolate_retrieved: bool = False
 
     def bind(self, model):
         self.H, self.Hkv, self.D = model.num_heads, model.num_kv_heads, model.head_dim
@@ -87,6 +88,7 @@ class RefLongHeads(Intervention):
         n_pad = (sample.regions == int(Region.PADDING)).sum(1).tolist()
         self._memo = {}
         self._ids = [sample.input_ids[b, n:].tolist() for b, n in enumerate(n_pad)]  # each row's prompt ids
+        self.isolated = [self.retrieved(b) if self.isolate_retrieved else set() for b in range(len(n_pad))]
         return {"pending": {}, "cache": {}, "n_pad": n_pad, "trace": []}
 
     def lexical(self, row: int, cand: int) -> float:
@@ -104,6 +106,24 @@ class RefLongHeads(Intervention):
                 df = sum(t in ids[j * w:(j + 1) * w] for j in range(n))
                 score += math.log(1 + (n - df + 0.5) / (df + 0.5))
         return score
+
+    def retrieved(self, row: int) -> set[int]:
+        """isolate_retrieved: the best of the first answer token's scored slots (score > 0, ties to the newer) and
+        the slot chunks adjacent to it."""
+        w, K = self.chunk_size, self.atten_length // self.chunk_size
+        recent = round(0.6 * (K - 3)) if self.tail_recent is None else self.tail_recent
+        c = len(self._ids[row]) // w  # the first answer token's chunk
+        scored = [(self.lexical(row, j), j) for j in range(1, c - 1 - recent)]
+        slots = [j for s, j in sorted(scored)[-(K - 3 - recent):] if s > 0]
+        if not slots:
+            return set()
+        run = {slots[-1]}
+        for step in (-1, 1):
+            j = slots[-1] + step
+            while j in slots:
+                run.add(j)
+                j += step
+        return run
 
     def linear_output(self, ctx, state, target, inputs, output):
         state["pending"].setdefault(ctx.layer, {})[target] = output
@@ -141,9 +161,13 @@ class RefLongHeads(Intervention):
                 for h in range(self.H):
                     g = h // rep
                     if t < max(self.begin_selective, self.atten_length):
-                        keys = rope(k[:, g], torch.arange(t + 1), self.inv_freq)
+                        # isolate_retrieved: chunk 0 and the isolated run up to t, at true positions
+                        run = self.isolated[b]
+                        idx = (torch.cat([torch.arange(w), torch.arange(min(run) * w, t + 1)])
+                               if t // w in run else torch.arange(t + 1))
+                        keys = rope(k[idx, g], idx, self.inv_freq)
                         qq = rope(q[t, h][None], torch.tensor([t]), self.inv_freq)[0]
-                        vals = v[:, g]
+                        vals = v[idx, g]
                     else:
                         c = t // w
                         self._where = (call.layer, b)
@@ -152,6 +176,8 @@ class RefLongHeads(Intervention):
                         if past > 0 or t >= tail_from:  # the exact tail, and every decoding step
                             recent = round(0.6 * (K - 3)) if self.tail_recent is None else self.tail_recent
                             sel = self.select(q, k, v, t, h, call.scaling, self.tail_selection, recent=recent)
+                        elif self.prefill_selection == "recent" and c in self.isolated[b]:
+                            sel = [0, *range(min(self.isolated[b]), c + 1)]  # chunk 0 right before the run
                         elif self.prefill_selection == "recent":  # chunk 0 and the last K-1 chunks, c's own included
                             sel = sorted({0, *range(c - K + 2, c + 1)})
                         elif self.prefill_selection == "block":
@@ -169,7 +195,7 @@ class RefLongHeads(Intervention):
                             idx.extend(range(s * w, end))
                         idx = torch.tensor(idx)
                         keys = rope(k[idx, g], torch.arange(len(idx)), self.inv_freq)
-                        qpos = (K - 1) * w + (t - c * w)  # own slot in the last chunk (one past the keys if
+                        qpos = (len(sel) - 1) * w + (t - c * w)  # own slot in the last chunk (one past the keys if
                         qq = rope(q[t, h][None], torch.tensor([qpos]), self.inv_freq)[0]  # self is excluded)
                         vals = v[idx, g]
                     p = torch.softmax(keys @ qq * call.scaling, 0)
@@ -467,6 +493,61 @@ def test_batch_of_two_with_different_lengths_matches_single_rows() -> None:
         assert max((x[row] - y[0]).abs().max().item() for x, y in zip(both.logits, single.logits)) < TOL
 
 
+ISOLATE = dict(prefill_selection="recent", tail_selection="lexical", exact_tail=9, tail_recent=0,
+               isolate_retrieved=True)
+
+
+@pytest.mark.parametrize("seed, run_chunks, include_self", [
+    (66, {5, 6}, True),  # a run across B = chunk 6: chunk 5 read as the stock model, chunk 6 by selection
+    (66, {5, 6}, False),
+    (20, {4, 5}, True),  # a run below B
+    (43, {7, 8}, True),  # a run past B
+])
+def test_isolated_retrieved_chunks_match_the_reference_below_and_past_b(seed: int, run_chunks: set[int],
+                                                                        include_self: bool) -> None:
+    model, _, _ = tiny()
+    ids = prompt(63, seed=seed, vocab=40)
+    kw = dict(chunk_size=W, atten_length=ATT, begin_selective=ATT, include_self=include_self, **ISOLATE)
+    ref = RefLongHeads(**kw)
+    ref_out, _ = run(model, ref, ids, new=8)
+    iso = ref.isolated[0]
+    assert iso == run_chunks, iso
+    out, state = run(model, LongHeads(fit_margin=0, **kw), ids, new=8)
+    assert state.isolated == [frozenset(iso)]
+    assert torch.equal(ref_out.sequences, out.sequences)
+    assert max_diff(ref_out, out) < TOL
+    plain, _ = run(model, LongHeads(fit_margin=0, **{**kw, "isolate_retrieved": False}), ids, new=8)
+    assert max_diff(plain, out) > 1e-3  # isolation changes what the answer reads
+
+
+def test_isolated_retrieved_chunks_batch_of_two_matches_single_rows() -> None:
+    model, _, _ = tiny()
+    kw = dict(chunk_size=W, atten_length=ATT, fit_margin=0, **ISOLATE)
+    a, b = prompt(57, seed=6, vocab=40), prompt(45, seed=7, vocab=40)
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 12, dtype=torch.long), b], 1)])
+    mask = torch.cat([torch.ones(1, 57), torch.cat([torch.zeros(1, 12), torch.ones(1, 45)], 1)]).long()
+    both, state = run(model, LongHeads(**kw), ids, mask, new=6)
+    assert all(state.isolated) and state.isolated[0] != state.isolated[1]
+    for row, single_ids in enumerate((a, b)):
+        single, _ = run(model, LongHeads(**kw), single_ids, new=6)
+        assert torch.equal(both.sequences[row, -6:], single.sequences[0, -6:])
+        assert max((x[row] - y[0]).abs().max().item() for x, y in zip(both.logits, single.logits)) < TOL
+
+
+def test_isolated_retrieved_leaves_a_prompt_that_fits_as_the_stock_model(trained_64) -> None:
+    model, _, _ = tiny()
+    ids = prompt(60, seed=3, vocab=40)  # fits in the (patched) 64 trained positions
+    kw = dict(chunk_size=W, atten_length=ATT, **ISOLATE)
+    out, state = run(model, LongHeads(**kw), ids, new=4)
+    assert state.isolated == [frozenset()]
+    _, state = run(model, LongHeads(fit_margin=0, **kw), ids, new=1)
+    assert state.isolated[0]  # the same prompt, not told it fits, isolates chunks
+    with torch.no_grad():
+        stock = gen(model, ids, new=4)
+    assert torch.equal(stock.sequences, out.sequences)
+    assert max_diff(stock, out) < TOL
+
+
 def test_fp32_and_qwen2_biases_match_reference() -> None:
     model, _, _ = tiny("tiny-qwen2", "float32")
     ids = prompt(50, seed=8)
@@ -614,6 +695,8 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(score_rope="window_mean", tail_selection="summary"), "score_rope"),
                           (dict(score_rope="window_mean", tail_selection="lexical"), "score_rope"),
                           (dict(tail_selection="lexical", exact_tail=0), "exact_tail"),
+                          (dict(isolate_retrieved=True, tail_selection="max_key_bound"), "isolate_retrieved"),
+                          (dict(isolate_retrieved=1), "isolate_retrieved"),
                           (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
                           (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail"),
                           (dict(fit_margin=-1), "fit_margin"), (dict(fit_margin=1.5), "fit_margin"),

@@ -65,6 +65,11 @@ docs/methods/longheads.md, "Differences from the official code"):
    singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
    ``fit_margin`` tokens (default ``chunk_size``).
+10. ``isolate_retrieved=True`` (off by default): the lexical ranking is fixed by the prompt's token ids before
+    the prompt is read, so the chunks that will fill the answer's scored slots are known in advance; the tokens of
+    the best-ranked one (with the scored chunks adjacent to it) then attend to chunk 0 and that run only, so the
+    retrieved passage is encoded as if it followed the sink, not after a window of surrounding text
+    (docs/benchmarks.md, sixteenth pass).
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ class _Row:
     n_summ: int = 0
     pos0: int | None = None  # RoPE position of the row's first real token in the cache (found at its first append)
     lexical: ChunkRanking | None = None  # tail_selection="lexical": the row's prompt chunks ranked (every layer's)
+    isolated: frozenset[int] = frozenset()  # isolate_retrieved: a run of chunks read after chunk 0 alone
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class LongHeadsState:
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     rope_window_mean: tuple[torch.Tensor, torch.Tensor] | None = None  # mean cos/sin [D] over angles 0..K*w-1
     lexical: list[ChunkRanking] | None = None  # per row: its prompt's chunks ranked (tail_selection="lexical")
+    isolated: list[frozenset[int]] | None = None  # per row: chunks read after chunk 0 alone (isolate_retrieved)
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
     rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
     count_pairs: bool = False
@@ -253,6 +260,10 @@ class LongHeads(Intervention):
                 "passes the trained length by fit_margin tokens: inside the trained length LongHeads is the stock "
                 "model, the answer included (default: chunk_size; 0: selection from max(B, atten_length) on for "
                 "every prompt, as the official code)"})
+    isolate_retrieved: bool = field(default=False, metadata={
+        "help": "with tail_selection='lexical', the tokens of the answer's best-ranked scored chunk (with the scored "
+                "chunks adjacent to it) attend to chunk 0 and those chunks only while the prompt is read, as if the "
+                "retrieved passage followed the sink (a prompt that fits in the trained length is not changed)"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -294,6 +305,11 @@ class LongHeads(Intervention):
                               "last exact_tail tokens; 0 leaves it no query", ">= 1 with tail_selection='lexical'")
         check_bool("longheads.include_self", self.include_self)
         check_bool("longheads.trace", self.trace)
+        check_bool("longheads.isolate_retrieved", self.isolate_retrieved)
+        if self.isolate_retrieved and self.tail_selection != "lexical":
+            raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt is "
+                              f"read only with tail_selection='lexical', not {self.tail_selection!r}",
+                              "False, or True with tail_selection='lexical'")
         check_bool("longheads.pair_stats", self.pair_stats)
         tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
         if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
@@ -378,7 +394,32 @@ class LongHeads(Intervention):
         if cfg.uses_lexical:
             state.lexical = [ChunkRanking(lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail))
                              for b, n in enumerate(state.n_pad)]
+            if self.isolate_retrieved:
+                state.isolated = [self._retrieved(cfg, ranking.scores, n, fits=until > cfg.stock_until)
+                                  for ranking, n, until in zip(state.lexical, prompt, stock_until)]
         return state
+
+    @staticmethod
+    def _retrieved(cfg: LongHeadsSettings, scores: list[float], prompt_length: int, fits: bool) -> frozenset[int]:
+        """The chunks isolate_retrieved reads on their own: the best-ranked chunk of the first answer token's scored
+        slots, with the slot chunks adjacent to it (a passage that straddles a chunk boundary stays whole). The
+        slots are the K−3−tail_recent best-ranked of chunks 1 .. c−2−tail_recent (c = the answer's chunk; later ones
+        are its local window) that share a question id, ties to the newer chunk as in
+        :class:`~.chunk_scores.ChunkRanking`. Empty for a prompt that fits."""
+        slots = cfg.K - 3 - cfg.tail_recent
+        if fits or slots <= 0:
+            return frozenset()
+        last = prompt_length // cfg.w - 2 - cfg.tail_recent
+        ranked = sorted((j for j in range(1, min(len(scores), last + 1)) if scores[j] > 0),
+                        key=lambda j: (scores[j], j))[-slots:]
+        if not ranked:
+            return frozenset()
+        lo = hi = ranked[-1]
+        while lo - 1 in ranked:
+            lo -= 1
+        while hi + 1 in ranked:
+            hi += 1
+        return frozenset(range(lo, hi + 1))
 
     def linear_output(self, ctx: HookContext, state: LongHeadsState, target: str, inputs: torch.Tensor,
                       output: torch.Tensor) -> None:
@@ -415,6 +456,7 @@ class LongHeads(Intervention):
             if state.lexical is not None:
                 for b in range(B):
                     rows[b].lexical = state.lexical[b]
+                    rows[b].isolated = state.isolated[b] if state.isolated is not None else frozenset()
 
         # 1. Update every row's state (keys, query tail, summaries of chunks completed by this forward).
         first_real, first_pos = [], []
@@ -426,7 +468,8 @@ class LongHeads(Intervention):
 
         # 2. Exact pass-through when no query needs selection.
         last_pos = [first_pos[b] + (q_len - first_real[b]) - 1 for b in range(B)]
-        if all(last < until for last, until in zip(last_pos, state.stock_until)):
+        if all(last < until and not self._isolated_in(rows[b], first_pos[b], last + 1, state.cfg.w)
+               for b, (last, until) in enumerate(zip(last_pos, state.stock_until))):
             return call.stock()
 
         out = call.query.new_zeros(B, q_len, H, D)
@@ -499,6 +542,8 @@ class LongHeads(Intervention):
         n_stock = max(0, min(positions_end, state.stock_until[b]) - first_pos)
         if n_stock:
             out[:n_stock] = self._stock_rows(call, b, i0, n_pad, first_pos, n_stock)
+            if self._isolated_in(row, first_pos, first_pos + n_stock, w):
+                self._isolate_stock_rows(call, row, b, i0, n_pad, first_pos, n_stock, w, out)
         exclude_self = (not self.include_self) and call.forward.is_prefill
         value_flat = call.value[b].reshape(-1, D)  # [Hkv * total, D]
         key_b = call.key[b]  # [Hkv, total, D]: the model's cached (RoPE-rotated) keys
@@ -537,6 +582,29 @@ class LongHeads(Intervention):
             qpos = torch.arange(first_pos, first_pos + n, device=q.device)[:, None]
             mask = (torch.arange(k.shape[2], device=q.device)[None] <= qpos)[None, None]
         return call.sdpa(q, k, v, mask)[0]
+
+    @staticmethod
+    def _isolated_in(row: _Row, lo: int, hi: int, w: int) -> bool:
+        """Whether positions lo .. hi−1 of the row hold a token of an isolated chunk."""
+        return any(c * w < hi and (c + 1) * w > lo for c in row.isolated)
+
+    @staticmethod
+    def _isolate_stock_rows(call: AttnCall, row: _Row, b: int, i0: int, n_pad: int, first_pos: int, n: int, w: int,
+                            out: torch.Tensor) -> None:
+        """isolate_retrieved below B: the rows of the isolated chunks attend to chunk 0 and to those chunks up to
+        themselves, at their true positions (inside the trained length), overwriting ``out [n, H, D]``."""
+        first = min(row.isolated)
+        for c in sorted(row.isolated):
+            lo, hi = max(first_pos, c * w), min(first_pos + n, (c + 1) * w)
+            if lo >= hi:
+                continue
+            keys = torch.cat([torch.arange(n_pad, n_pad + w), torch.arange(n_pad + first * w, n_pad + hi)])
+            keys = keys.to(call.key.device)
+            q = call.query[b:b + 1, :, i0 + lo - first_pos:i0 + hi - first_pos]
+            k, v = call.key[b:b + 1, :, keys], call.value[b:b + 1, :, keys]
+            qpos = torch.arange(lo, hi, device=q.device)
+            allowed = (keys - n_pad)[None] <= qpos[:, None]  # chunk 0 whole, the own chunk causally
+            out[lo - first_pos:hi - first_pos] = call.sdpa(q, k, v, allowed[None, None])[0]
 
     def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str,
                 key_b: torch.Tensor, n_pad: int) -> torch.Tensor:
@@ -630,7 +698,7 @@ class LongHeads(Intervention):
         H, Qb, D = q_loc.shape
         w, Hkv, dev = state.cfg.w, state.cfg.num_kv, q_loc.device
         r = H // Hkv
-        first = self._window_start(state, c)  # the window's first chunk (c-K+2: chunk 0 sits at d = K-1)
+        first = self._window_start(state, row, c)  # the window's first chunk (c-K+2: chunk 0 sits at d = K-1)
         acc = torch.promote_types(q_loc.dtype, torch.float32)
         cos, sin = state.rope_at(torch.tensor([c * w, (c - first + 1) * w], device=dev) + row.pos0)  # [2, D] fp32
         q = q_loc.to(acc)
@@ -654,9 +722,10 @@ class LongHeads(Intervention):
             state.stats["pairs_max"] = max(state.stats["pairs_max"], n)
         return out.to(q_loc.dtype).view(H, Qb, D).transpose(0, 1)
 
-    def _window_start(self, state: LongHeadsState, c: int) -> int:
-        """First window chunk of a "recent" block in chunk c (bench/longheads_anchored.py overrides it)."""
-        return c - state.cfg.K + 2
+    def _window_start(self, state: LongHeadsState, row: _Row, c: int) -> int:
+        """First window chunk of a "recent" block in chunk c (bench/longheads_anchored.py overrides it): c−K+2, or
+        the first isolated chunk for an isolated chunk (chunk 0 then sits right before the isolated run)."""
+        return min(row.isolated) if c in row.isolated else c - state.cfg.K + 2
 
     def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
                 offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
