@@ -697,6 +697,7 @@ def test_parameter_errors_name_the_field() -> None:
                           (dict(tail_selection="lexical", exact_tail=0), "exact_tail"),
                           (dict(isolate_retrieved=True, tail_selection="max_key_bound"), "isolate_retrieved"),
                           (dict(isolate_retrieved=1), "isolate_retrieved"),
+                          (dict(isolate_retrieved=True, prefill_selection="token"), "isolate_retrieved"),
                           (dict(tail_recent=-1), "tail_recent"), (dict(prefill_selection="window"), "prefill_selection"),
                           (dict(tail_selection="mean"), "tail_selection"), (dict(exact_tail=-1), "exact_tail"),
                           (dict(fit_margin=-1), "fit_margin"), (dict(fit_margin=1.5), "fit_margin"),

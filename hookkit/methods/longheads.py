@@ -261,7 +261,7 @@ class LongHeads(Intervention):
                 "model, the answer included (default: chunk_size; 0: selection from max(B, atten_length) on for "
                 "every prompt, as the official code)"})
     isolate_retrieved: bool = field(default=False, metadata={
-        "help": "with tail_selection='lexical', the tokens of the answer's best-ranked scored chunk (with the scored "
+        "help": "with tail_selection='lexical' (and prefill_selection='recent'), the tokens of the answer's best-ranked scored chunk (with the scored "
                 "chunks adjacent to it) attend to chunk 0 and those chunks only while the prompt is read, as if the "
                 "retrieved passage followed the sink (a prompt that fits in the trained length is not changed)"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
@@ -306,10 +306,12 @@ class LongHeads(Intervention):
         check_bool("longheads.include_self", self.include_self)
         check_bool("longheads.trace", self.trace)
         check_bool("longheads.isolate_retrieved", self.isolate_retrieved)
-        if self.isolate_retrieved and self.tail_selection != "lexical":
+        if self.isolate_retrieved and (self.tail_selection != "lexical" or self.prefill_selection != "recent"):
             raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt is "
-                              f"read only with tail_selection='lexical', not {self.tail_selection!r}",
-                              "False, or True with tail_selection='lexical'")
+                              "read only with tail_selection='lexical', and only the 'recent' prompt reading has a "
+                              f"window to shrink (got tail_selection={self.tail_selection!r}, prefill_selection="
+                              f"{self.prefill_selection!r})",
+                              "False, or True with tail_selection='lexical' and prefill_selection='recent'")
         check_bool("longheads.pair_stats", self.pair_stats)
         tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
         if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
@@ -603,7 +605,7 @@ class LongHeads(Intervention):
             q = call.query[b:b + 1, :, i0 + lo - first_pos:i0 + hi - first_pos]
             k, v = call.key[b:b + 1, :, keys], call.value[b:b + 1, :, keys]
             qpos = torch.arange(lo, hi, device=q.device)
-            allowed = (keys - n_pad)[None] <= qpos[:, None]  # chunk 0 whole, the own chunk causally
+            allowed = (keys - n_pad)[None] <= qpos[:, None]  # chunk 0 whole, the isolated run causally
             out[lo - first_pos:hi - first_pos] = call.sdpa(q, k, v, allowed[None, None])[0]
 
     def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str,
