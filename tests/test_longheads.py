@@ -617,6 +617,10 @@ def test_chunk_ranking_orders_chunks_by_score_and_ties_to_the_newer_chunk() -> N
     assert rank.tolist() == [3.0, 0.0, 4.0, 1.0, 2.0]
     assert ranking.rank(7, torch.device("cpu")) is rank
     assert ranking.rank(8, torch.device("cpu")).tolist() == [4.0, 0.0, 5.0, 1.0, 2.0, 3.0]
+    # best(last, k): the same order over chunks 1..last with a score, best last
+    tied = ChunkRanking([0.0, 2.0, 5.0, 2.0, 0.0, 1.0])
+    assert tied.best(5, 3) == [1, 3, 2]  # chunk 3 beats chunk 1 on the tie; chunk 4 scores nothing
+    assert tied.best(2, 3) == [1, 2] and tied.best(9, 2) == [3, 2] and tied.best(5, 0) == []
 
 
 def test_key_bounds_fed_in_pieces_bound_the_max_key_score() -> None:

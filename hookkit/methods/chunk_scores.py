@@ -60,11 +60,19 @@ class ChunkRanking:
         share no question id, and chunks completed while decoding (they hold no prompt token), score 0."""
         if self._cached is None or self._cached[:2] != (c, device):
             score = [self.scores[j] if j < len(self.scores) else 0.0 for j in range(1, c - 1)]
-            order = sorted(range(c - 2), key=lambda j: (score[j], j))
+            order = sorted(range(c - 2), key=lambda j: (score[j], j))  # the order of :meth:`best`
             rank = torch.empty(c - 2)
             rank[order] = torch.arange(c - 2, dtype=rank.dtype)
             self._cached = (c, device, rank.to(device))
         return self._cached[2]
+
+
+    def best(self, last: int, k: int) -> list[int]:
+        """The (up to) ``k`` best-ranked of prompt chunks 1..``last`` that share a question id, in ascending rank
+        (the best last), ordered as :meth:`rank` orders them."""
+        ranked = sorted((j for j in range(1, min(len(self.scores), last + 1)) if self.scores[j] > 0),
+                        key=lambda j: (self.scores[j], j))
+        return ranked[-k:] if k > 0 else []
 
 
 def grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:

@@ -397,12 +397,12 @@ class LongHeads(Intervention):
             state.lexical = [ChunkRanking(lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail))
                              for b, n in enumerate(state.n_pad)]
             if self.isolate_retrieved:
-                state.isolated = [self._retrieved(cfg, ranking.scores, n, fits=until > cfg.stock_until)
+                state.isolated = [self._retrieved(cfg, ranking, n, fits=until > cfg.stock_until)
                                   for ranking, n, until in zip(state.lexical, prompt, stock_until)]
         return state
 
     @staticmethod
-    def _retrieved(cfg: LongHeadsSettings, scores: list[float], prompt_length: int, fits: bool) -> frozenset[int]:
+    def _retrieved(cfg: LongHeadsSettings, ranking: ChunkRanking, prompt_length: int, fits: bool) -> frozenset[int]:
         """The chunks isolate_retrieved reads on their own: the best-ranked chunk of the first answer token's scored
         slots, with the slot chunks adjacent to it (a passage that straddles a chunk boundary stays whole). The
         slots are the K−3−tail_recent best-ranked of chunks 1 .. c−2−tail_recent (c = the answer's chunk; later ones
@@ -411,9 +411,7 @@ class LongHeads(Intervention):
         slots = cfg.K - 3 - cfg.tail_recent
         if fits or slots <= 0:
             return frozenset()
-        last = prompt_length // cfg.w - 2 - cfg.tail_recent
-        ranked = sorted((j for j in range(1, min(len(scores), last + 1)) if scores[j] > 0),
-                        key=lambda j: (scores[j], j))[-slots:]
+        ranked = ranking.best(prompt_length // cfg.w - 2 - cfg.tail_recent, slots)
         if not ranked:
             return frozenset()
         lo = hi = ranked[-1]
