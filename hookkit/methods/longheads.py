@@ -121,7 +121,7 @@ class _Row:
     n_summ: int = 0
     pos0: int | None = None  # RoPE position of the row's first real token in the cache (found at its first append)
     lexical: ChunkRanking | None = None  # tail_selection="lexical": the row's prompt chunks ranked (every layer's)
-    isolated: frozenset[int] = frozenset()  # isolate_retrieved: a run of chunks read after chunk 0 alone
+    isolated: range = range(0)  # isolate_retrieved: the run of chunks read after chunk 0 alone (empty: none)
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class LongHeadsState:
     rope_disp: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin [K, D] of angles d*w, d = 0..K-1
     rope_window_mean: tuple[torch.Tensor, torch.Tensor] | None = None  # mean cos/sin [D] over angles 0..K*w-1
     lexical: list[ChunkRanking] | None = None  # per row: its prompt's chunks ranked (tail_selection="lexical")
-    isolated: list[frozenset[int]] | None = None  # per row: chunks read after chunk 0 alone (isolate_retrieved)
+    isolated: list[range] | None = None  # per row: the run of chunks read after chunk 0 alone (isolate_retrieved)
     trace: list[dict[str, Any]] | None = None  # selections, when tracing is on (tests)
     rotations: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
     count_pairs: bool = False
@@ -261,9 +261,10 @@ class LongHeads(Intervention):
                 "model, the answer included (default: chunk_size; 0: selection from max(B, atten_length) on for "
                 "every prompt, as the official code)"})
     isolate_retrieved: bool = field(default=False, metadata={
-        "help": "with tail_selection='lexical' (and prefill_selection='recent'), the tokens of the answer's best-ranked scored chunk (with the scored "
-                "chunks adjacent to it) attend to chunk 0 and those chunks only while the prompt is read, as if the "
-                "retrieved passage followed the sink (a prompt that fits in the trained length is not changed)"})
+        "help": "with tail_selection='lexical' (and prefill_selection='recent'), the tokens of the answer's "
+                "best-ranked scored chunk (with the scored chunks adjacent to it) attend to chunk 0 and those chunks "
+                "only while the prompt is read, as if the retrieved passage followed the sink (a prompt that fits in "
+                "the trained length is not changed)"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -402,7 +403,7 @@ class LongHeads(Intervention):
         return state
 
     @staticmethod
-    def _retrieved(cfg: LongHeadsSettings, ranking: ChunkRanking, prompt_length: int, fits: bool) -> frozenset[int]:
+    def _retrieved(cfg: LongHeadsSettings, ranking: ChunkRanking, prompt_length: int, fits: bool) -> range:
         """The chunks isolate_retrieved reads on their own: the best-ranked chunk of the first answer token's scored
         slots, with the slot chunks adjacent to it (a passage that straddles a chunk boundary stays whole). The
         slots are the K−3−tail_recent best-ranked of chunks 1 .. c−2−tail_recent (c = the answer's chunk; later ones
@@ -410,16 +411,16 @@ class LongHeads(Intervention):
         :class:`~.chunk_scores.ChunkRanking`. Empty for a prompt that fits."""
         slots = cfg.K - 3 - cfg.tail_recent
         if fits or slots <= 0:
-            return frozenset()
+            return range(0)
         ranked = ranking.best(prompt_length // cfg.w - 2 - cfg.tail_recent, slots)
         if not ranked:
-            return frozenset()
+            return range(0)
         lo = hi = ranked[-1]
         while lo - 1 in ranked:
             lo -= 1
         while hi + 1 in ranked:
             hi += 1
-        return frozenset(range(lo, hi + 1))
+        return range(lo, hi + 1)
 
     def linear_output(self, ctx: HookContext, state: LongHeadsState, target: str, inputs: torch.Tensor,
                       output: torch.Tensor) -> None:
@@ -456,7 +457,7 @@ class LongHeads(Intervention):
             if state.lexical is not None:
                 for b in range(B):
                     rows[b].lexical = state.lexical[b]
-                    rows[b].isolated = state.isolated[b] if state.isolated is not None else frozenset()
+                    rows[b].isolated = state.isolated[b] if state.isolated is not None else range(0)
 
         # 1. Update every row's state (keys, query tail, summaries of chunks completed by this forward).
         first_real, first_pos = [], []
@@ -586,25 +587,24 @@ class LongHeads(Intervention):
     @staticmethod
     def _isolated_in(row: _Row, lo: int, hi: int, w: int) -> bool:
         """Whether positions lo .. hi−1 of the row hold a token of an isolated chunk."""
-        return any(c * w < hi and (c + 1) * w > lo for c in row.isolated)
+        run = row.isolated
+        return bool(run) and run.start * w < hi and run.stop * w > lo
 
     @staticmethod
     def _isolate_stock_rows(call: AttnCall, row: _Row, b: int, i0: int, n_pad: int, first_pos: int, n: int, w: int,
                             out: torch.Tensor) -> None:
-        """isolate_retrieved below B: the rows of the isolated chunks attend to chunk 0 and to those chunks up to
-        themselves, at their true positions (inside the trained length), overwriting ``out [n, H, D]``."""
-        first = min(row.isolated)
-        for c in sorted(row.isolated):
-            lo, hi = max(first_pos, c * w), min(first_pos + n, (c + 1) * w)
-            if lo >= hi:
-                continue
-            keys = torch.cat([torch.arange(n_pad, n_pad + w), torch.arange(n_pad + first * w, n_pad + hi)])
-            keys = keys.to(call.key.device)
-            q = call.query[b:b + 1, :, i0 + lo - first_pos:i0 + hi - first_pos]
-            k, v = call.key[b:b + 1, :, keys], call.value[b:b + 1, :, keys]
-            qpos = torch.arange(lo, hi, device=q.device)
-            allowed = (keys - n_pad)[None] <= qpos[:, None]  # chunk 0 whole, the isolated run causally
-            out[lo - first_pos:hi - first_pos] = call.sdpa(q, k, v, allowed[None, None])[0]
+        """isolate_retrieved below B: the rows of the isolated run attend to chunk 0 and to the run up to themselves,
+        at their true positions (inside the trained length), overwriting ``out [n, H, D]``. Called only when the
+        rows overlap the run."""
+        run = row.isolated
+        lo, hi = max(first_pos, run.start * w), min(first_pos + n, run.stop * w)
+        keys = torch.cat([torch.arange(n_pad, n_pad + w), torch.arange(n_pad + run.start * w, n_pad + hi)])
+        keys = keys.to(call.key.device)
+        q = call.query[b:b + 1, :, i0 + lo - first_pos:i0 + hi - first_pos]
+        k, v = call.key[b:b + 1, :, keys], call.value[b:b + 1, :, keys]
+        qpos = torch.arange(lo, hi, device=q.device)
+        allowed = (keys - n_pad)[None] <= qpos[:, None]  # chunk 0 whole, the isolated run causally
+        out[lo - first_pos:hi - first_pos] = call.sdpa(q, k, v, allowed[None, None])[0]
 
     def _select(self, state: LongHeadsState, row: _Row, q_raw: torch.Tensor, c: int, score: str,
                 key_b: torch.Tensor, n_pad: int) -> torch.Tensor:
@@ -725,7 +725,7 @@ class LongHeads(Intervention):
     def _window_start(self, state: LongHeadsState, row: _Row, c: int) -> int:
         """First window chunk of a "recent" block in chunk c (bench/longheads_anchored.py overrides it): c−K+2, or
         the first isolated chunk for an isolated chunk (chunk 0 then sits right before the isolated run)."""
-        return min(row.isolated) if c in row.isolated else c - state.cfg.K + 2
+        return row.isolated.start if c in row.isolated else c - state.cfg.K + 2
 
     def _attend(self, state: LongHeadsState, row: _Row, q_loc: torch.Tensor, sel: torch.Tensor, c: int,
                 offs: torch.Tensor, key_b: torch.Tensor, value_flat: torch.Tensor, total: int, n_pad: int,
