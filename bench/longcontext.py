@@ -125,15 +125,18 @@ DIAGNOSTICS = {
 # 8-chunk local window) reading the lexical slots too, the ranking still scored against the last 32 tokens.
 DIAGNOSTICS["longheads-lexical-wide"] = ("bench.longheads_wide_tail:WideTailLongHeads",
                                          {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical",
-                                          "exact_tail": 2048, "lexical_query": 32})
+                                          "exact_tail": 2048, "lexical_query": 32, "isolate_retrieved": False})
 # Diagnostic: the lexical defaults with the prompt's last K-1 chunks read as one truncated prompt (bench/
 # longheads_anchored.py), i.e. the recent tokens' hidden states as in the ``stock-cut-chunks`` oracle.
 DIAGNOSTICS["longheads-anchored-lexical"] = ("bench.longheads_anchored:AnchoredLongHeads",
-                                             {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"})
+                                             {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical",
+                                              "isolate_retrieved": False})
 # The answer's scored slots hold the prompt chunks sharing the question's rare token ids (``tail_selection=
 # "lexical"``), every head alike; otherwise ``longheads-bound-fit``. The library default since the thirteenth pass
-# of docs/benchmarks.md (``longheads-bound-fit`` was the default before).
-LONGHEADS_PARAMS["longheads-lexical"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical"}
+# of docs/benchmarks.md (``longheads-bound-fit`` was the default before), without ``isolate_retrieved`` (the default
+# since the seventeenth pass: ``longheads-lexical-isolated`` below).
+LONGHEADS_PARAMS["longheads-lexical"] = {**LONGHEADS_PARAMS["longheads-bound-fit"], "tail_selection": "lexical",
+                                         "isolate_retrieved": False}
 # Candidate (fifteenth pass): one lexical slot instead of five (tail_recent 12 of the 13 non-fixed chunks), the
 # view of the ``stock-cut-needle`` oracle: the sink, the best-ranked chunk and the recent chunks.
 LONGHEADS_PARAMS["longheads-lexical-slot1"] = {**LONGHEADS_PARAMS["longheads-lexical"], "tail_recent": 12}
@@ -241,8 +244,9 @@ def recipe_for(method: str, params: dict[str, Any] | None = None) -> Any:
 
 
 #: Parameters spelled out in LONGHEADS_PARAMS after runs had been made without them, with the value those runs had
-#: by default (B = atten_length = 4096 on SmolLM2; no fit). Extending such a run keeps its recorded recipe.
-SPELLED_OUT_LATER = {"begin_selective": 4096, "fit_margin": 0}
+#: by default (B = atten_length = 4096 on SmolLM2; no fit; no isolated chunks). Extending such a run keeps its
+#: recorded recipe.
+SPELLED_OUT_LATER = {"begin_selective": 4096, "fit_margin": 0, "isolate_retrieved": False}
 
 
 def recorded_recipe(out: Path, recipe: Any) -> Any:
@@ -434,7 +438,7 @@ def phase_niah_table(args: argparse.Namespace) -> None:
                                                    for c in row) + " |")
 
 
-HEATMAP_METHODS = "stock,ntk,longheads-bound,longheads-official"
+HEATMAP_METHODS = "stock,ntk,longheads-lexical-isolated,longheads-official"
 
 
 def phase_niah_heatmaps(args: argparse.Namespace) -> None:

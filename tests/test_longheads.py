@@ -372,7 +372,8 @@ def test_selection_changes_the_output_above_b() -> None:
 # ---------------------------------------------------------------------------------------------- reference
 OFFICIAL = dict(prefill_selection="token", tail_selection="summary", tail_recent=0)
 BLOCK = dict(prefill_selection="block", tail_selection="max_key", exact_tail=5, tail_recent=0)  # earlier defaults
-DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, lexical tail slots with a local window
+DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, lexical tail slots with a local window,
+# the best-ranked slot chunk read after chunk 0 alone
 
 
 @pytest.mark.seam
@@ -391,7 +392,8 @@ DEFAULTS = dict(exact_tail=5)  # hookkit's (short tail): recent prompt chunks, l
                               score_rope="window_mean")),
     ("kv_head", True, dict(prefill_selection="recent", tail_selection="max_key_bound", exact_tail=9,
                            score_rope="window_mean")),
-    ("query_head", True, dict(prefill_selection="recent", tail_selection="lexical", exact_tail=9, tail_recent=0)),
+    ("query_head", True, dict(prefill_selection="recent", tail_selection="lexical", exact_tail=9, tail_recent=0,
+                              isolate_retrieved=False)),
     ("kv_head", True, dict(prefill_selection="token", tail_selection="lexical", exact_tail=9, tail_recent=1)),
 ], ids=["official", "official-kv", "official-noself", "default", "default-kv", "default-noself", "block", "token-maxkey", "recent-maxkey",
         "recent-maxkey-kv", "recent-maxkey-tailrecent", "token-summary-tailrecent-kv", "recent-bound",
@@ -408,8 +410,12 @@ def test_matches_per_token_reference_prefill_and_decode(gqa: str, include_self: 
               **settings)
     # The reference's own defaults are the official rules: spell out hookkit's for it (the implementation gets
     # none of them, so its defaults are what is tested).
-    ref_kw = {"prefill_selection": "recent", "tail_selection": "lexical", **kw} if settings is DEFAULTS else kw
-    ref_out, ref_state = run(model, RefLongHeads(**ref_kw), ids, new=8)
+    ref_kw = {"prefill_selection": "recent", "tail_selection": "lexical", "isolate_retrieved": True,
+              **kw} if settings is DEFAULTS else kw
+    ref = RefLongHeads(**ref_kw)
+    ref_out, ref_state = run(model, ref, ids, new=8)
+    if settings is DEFAULTS:  # the default isolates a run of chunks on this prompt (else isolation goes untested)
+        assert ref.isolated[0]
     out, state = run(model, LongHeads(fit_margin=0, **kw, trace=True), ids, new=8)
     assert torch.equal(ref_out.sequences, out.sequences)
     assert max_diff(ref_out, out) < TOL
@@ -730,6 +736,20 @@ def test_default_atten_length_and_begin_follow_the_trained_length(trained: int, 
             assert (resolved.atten, resolved.begin, resolved.K, resolved.fit_until) == expected
     finally:
         model.config.max_position_embeddings = 1024
+
+
+@pytest.mark.parametrize("kwargs, isolate", [
+    ({}, True),  # the defaults: lexical slots, recent prompt reading
+    ({"isolate_retrieved": False}, False),
+    ({"tail_selection": "max_key_bound"}, False),  # no ranking before the prompt is read: off, not refused
+    ({"prefill_selection": "token", "tail_selection": "lexical"}, False),
+    (OFFICIAL, False),
+])
+def test_isolate_retrieved_defaults_to_on_exactly_where_it_applies(kwargs: dict[str, Any], isolate: bool) -> None:
+    model, _, _ = load_tiny("tiny-llama")
+    iv = LongHeads(**kwargs)
+    with hookkit.attach(model, iv) as session:
+        assert session.resolved(iv).isolate is isolate
 
 
 @pytest.mark.parametrize("settings", [OFFICIAL, DEFAULTS], ids=["official", "default"])

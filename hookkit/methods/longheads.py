@@ -65,11 +65,13 @@ docs/methods/longheads.md, "Differences from the official code"):
    singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
    ``fit_margin`` tokens (default ``chunk_size``).
-10. ``isolate_retrieved=True`` (off by default): the lexical ranking is fixed by the prompt's token ids before
-    the prompt is read, so the chunks that will fill the answer's scored slots are known in advance; the tokens of
-    the best-ranked one (with the scored chunks adjacent to it) then attend to chunk 0 and that run only, so the
-    retrieved passage is encoded as if it followed the sink, not after a window of surrounding text
-    (docs/benchmarks.md, sixteenth pass).
+10. **Retrieved chunks read on their own** (``isolate_retrieved``, on by default wherever it applies, i.e. with
+    ``tail_selection="lexical"`` and ``prefill_selection="recent"``): the lexical ranking is fixed by the prompt's
+    token ids before the prompt is read, so the chunks that will fill the answer's scored slots are known in
+    advance; the tokens of the best-ranked one (with the scored chunks adjacent to it) attend to chunk 0 and that
+    run only, so the retrieved passage is encoded as if it followed the sink, not after a window of surrounding
+    text (docs/benchmarks.md, sixteenth and seventeenth passes). ``isolate_retrieved=False`` reads it as every
+    other prompt token.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class LongHeadsSettings:
     uses_summaries: bool  # some score reads chunk summaries
     uses_bounds: bool  # the tail score reads per-chunk key bounds
     uses_lexical: bool  # the tail score reads the prompt's token ids (tail_selection="lexical")
+    isolate: bool  # isolate_retrieved, resolved: the answer's best-ranked slot chunks are read after chunk 0 alone
     num_heads: int
     num_kv: int
     head_dim: int
@@ -260,11 +263,11 @@ class LongHeads(Intervention):
                 "passes the trained length by fit_margin tokens: inside the trained length LongHeads is the stock "
                 "model, the answer included (default: chunk_size; 0: selection from max(B, atten_length) on for "
                 "every prompt, as the official code)"})
-    isolate_retrieved: bool = field(default=False, metadata={
-        "help": "with tail_selection='lexical' (and prefill_selection='recent'), the tokens of the answer's "
-                "best-ranked scored chunk (with the scored chunks adjacent to it) attend to chunk 0 and those chunks "
-                "only while the prompt is read, as if the retrieved passage followed the sink (a prompt that fits in "
-                "the trained length is not changed)"})
+    isolate_retrieved: bool | None = field(default=None, metadata={
+        "help": "the tokens of the answer's best-ranked scored chunk (with the scored chunks adjacent to it) attend to "
+                "chunk 0 and those chunks only while the prompt is read, as if the retrieved passage followed the "
+                "sink (a prompt that fits in the trained length is not changed). Needs tail_selection='lexical' and "
+                "prefill_selection='recent'; default (None): on exactly then, off otherwise"})
     trace: bool = field(default=False, metadata={"help": "record every selection in the state (tests, analysis)"})
     pair_stats: bool = field(default=False, metadata={
         "help": "count distinct (chunk, displacement) pairs per block in the state's stats (a sort per block)"})
@@ -306,13 +309,20 @@ class LongHeads(Intervention):
                               "last exact_tail tokens; 0 leaves it no query", ">= 1 with tail_selection='lexical'")
         check_bool("longheads.include_self", self.include_self)
         check_bool("longheads.trace", self.trace)
-        check_bool("longheads.isolate_retrieved", self.isolate_retrieved)
-        if self.isolate_retrieved and (self.tail_selection != "lexical" or self.prefill_selection != "recent"):
-            raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt is "
-                              "read only with tail_selection='lexical', and only the 'recent' prompt reading has a "
-                              f"window to shrink (got tail_selection={self.tail_selection!r}, prefill_selection="
-                              f"{self.prefill_selection!r})",
-                              "False, or True with tail_selection='lexical' and prefill_selection='recent'")
+        # The retrieved chunks are known before the prompt is read only with lexical scores, and only the "recent"
+        # prompt reading has a window to shrink; None (the default) turns isolation on exactly then.
+        isolable = self.tail_selection == "lexical" and self.prefill_selection == "recent"
+        if self.isolate_retrieved is None:
+            isolate = isolable
+        else:
+            isolate = check_bool("longheads.isolate_retrieved", self.isolate_retrieved)
+            if isolate and not isolable:
+                raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt "
+                                  "is read only with tail_selection='lexical', and only the 'recent' prompt reading "
+                                  f"has a window to shrink (got tail_selection={self.tail_selection!r}, "
+                                  f"prefill_selection={self.prefill_selection!r})",
+                                  "None (default), False, or True with tail_selection='lexical' and "
+                                  "prefill_selection='recent'")
         check_bool("longheads.pair_stats", self.pair_stats)
         tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
         if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
@@ -332,6 +342,7 @@ class LongHeads(Intervention):
             fit_until=trained + margin if trained and margin else 0, trained=trained,
             uses_summaries=self.prefill_selection in ("token", "block") or self.tail_selection == "summary",
             uses_bounds=self.tail_selection == "max_key_bound", uses_lexical=self.tail_selection == "lexical",
+            isolate=isolate,
             num_heads=model.num_heads, num_kv=model.num_kv_heads, head_dim=model.head_dim,
             rotary=rotary_embedding(model), qk_targets=tuple(model.query_key_targets()),
             split_query_key=model.split_query_key)
@@ -397,7 +408,7 @@ class LongHeads(Intervention):
         if cfg.uses_lexical:
             state.lexical = [ChunkRanking(lexical_chunk_scores(sample.input_ids[b, n:].tolist(), w, self.exact_tail))
                              for b, n in enumerate(state.n_pad)]
-            if self.isolate_retrieved:
+            if cfg.isolate:
                 state.isolated = [self._retrieved(cfg, ranking, n, fits=until > cfg.stock_until)
                                   for ranking, n, until in zip(state.lexical, prompt, stock_until)]
         return state
@@ -676,8 +687,11 @@ class LongHeads(Intervention):
         G, Qb = top.shape[:2]
         sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
-            state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)),
-                                "chunks": torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)})
+            chunks = torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)
+            if score == "recent":  # what the block reads: chunk 0, the window (shorter for an isolated chunk), c
+                first = self._window_start(state, row, c)
+                chunks = torch.cat([sel.new_zeros(1), torch.arange(first, c + 1, device=sel.device)]).expand(G, Qb, -1)
+            state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)), "chunks": chunks})
         if score == "recent":
             return self._attend_recent(state, row, q_loc, c, offs, key_b, value_flat, total, n_pad, scaling,
                                        exclude_self)
