@@ -627,6 +627,11 @@ def test_chunk_ranking_orders_chunks_by_score_and_ties_to_the_newer_chunk() -> N
     tied = ChunkRanking([0.0, 2.0, 5.0, 2.0, 0.0, 1.0])
     assert tied.best(5, 3) == [1, 3, 2]  # chunk 3 beats chunk 1 on the tie; chunk 4 scores nothing
     assert tied.best(2, 3) == [1, 2] and tied.best(9, 2) == [3, 2] and tied.best(5, 0) == []
+    # best_run(last, k): the best of best(last, k) with its neighbours among them, not across a gap
+    assert tied.best_run(5, 3) == range(1, 4) and tied.best_run(9, 2) == range(2, 4)
+    assert tied.best_run(9, 1) == range(2, 3) and tied.best_run(5, 0) == range(0)
+    assert ChunkRanking([0.0, 3.0, 0.0, 5.0]).best_run(3, 2) == range(3, 4)
+    assert ChunkRanking([0.0, 0.0, 0.0]).best_run(2, 3) == range(0)
 
 
 def test_key_bounds_fed_in_pieces_bound_the_max_key_score() -> None:

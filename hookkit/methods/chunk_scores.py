@@ -74,6 +74,19 @@ class ChunkRanking:
                         key=lambda j: (self.scores[j], j))
         return ranked[-k:] if k > 0 else []
 
+    def best_run(self, last: int, k: int) -> range:
+        """The best of :meth:`best` (``last``, ``k``) with those of them adjacent to it: one passage that straddles
+        a chunk boundary stays whole. Empty when no chunk shares a question id."""
+        ranked = self.best(last, k)
+        if not ranked:
+            return range(0)
+        lo = hi = ranked[-1]
+        while lo - 1 in ranked:
+            lo -= 1
+        while hi + 1 in ranked:
+            hi += 1
+        return range(lo, hi + 1)
+
 
 def grow(buffer: torch.Tensor, need: int, extra: int, fill: float | None = None) -> torch.Tensor:
     """``buffer [A, cap, D]`` with room for ``need`` entries along dim 1 (geometric growth keeps appends amortised

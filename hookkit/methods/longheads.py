@@ -65,13 +65,11 @@ docs/methods/longheads.md, "Differences from the official code"):
    singles out the chunk that answers a question, while the question's own rare words do when it repeats them.
 9. **Prompts that fit in the trained length** run as the stock model until their answer passes it by
    ``fit_margin`` tokens (default ``chunk_size``).
-10. **Retrieved chunks read on their own** (``isolate_retrieved``, on by default wherever it applies, i.e. with
-    ``tail_selection="lexical"`` and ``prefill_selection="recent"``): the lexical ranking is fixed by the prompt's
-    token ids before the prompt is read, so the chunks that will fill the answer's scored slots are known in
-    advance; the tokens of the best-ranked one (with the scored chunks adjacent to it) attend to chunk 0 and that
-    run only, so the retrieved passage is encoded as if it followed the sink, not after a window of surrounding
-    text (docs/benchmarks.md, sixteenth and seventeenth passes). ``isolate_retrieved=False`` reads it as every
-    other prompt token.
+10. **Retrieved chunks read on their own** (``isolate_retrieved``; on by default with the lexical tail and the
+    recent prompt reading): the lexical ranking is fixed by the prompt's ids before the prompt is read, so the
+    answer's best-ranked slot chunk (with the slot chunks adjacent to it) is known in advance; its tokens attend to
+    chunk 0 and that run only, i.e. the passage is encoded as if it followed the sink, not after a window of other
+    text (docs/benchmarks.md, sixteenth and seventeenth passes).
 """
 
 from __future__ import annotations
@@ -312,17 +310,14 @@ class LongHeads(Intervention):
         # The retrieved chunks are known before the prompt is read only with lexical scores, and only the "recent"
         # prompt reading has a window to shrink; None (the default) turns isolation on exactly then.
         isolable = self.tail_selection == "lexical" and self.prefill_selection == "recent"
-        if self.isolate_retrieved is None:
-            isolate = isolable
-        else:
-            isolate = check_bool("longheads.isolate_retrieved", self.isolate_retrieved)
-            if isolate and not isolable:
-                raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt "
-                                  "is read only with tail_selection='lexical', and only the 'recent' prompt reading "
-                                  f"has a window to shrink (got tail_selection={self.tail_selection!r}, "
-                                  f"prefill_selection={self.prefill_selection!r})",
-                                  "None (default), False, or True with tail_selection='lexical' and "
-                                  "prefill_selection='recent'")
+        isolate = isolable if self.isolate_retrieved is None else check_bool("longheads.isolate_retrieved",
+                                                                             self.isolate_retrieved)
+        if isolate and not isolable:
+            raise ConfigError("longheads.isolate_retrieved", "the retrieved chunks are known before the prompt is "
+                              "read only with tail_selection='lexical', and only the 'recent' prompt reading has a "
+                              f"window to shrink (got tail_selection={self.tail_selection!r}, prefill_selection="
+                              f"{self.prefill_selection!r})", "None (default), False, or True with "
+                              "tail_selection='lexical' and prefill_selection='recent'")
         check_bool("longheads.pair_stats", self.pair_stats)
         tr = round(0.6 * (atten // w - 3)) if self.tail_recent is None else self.tail_recent
         if isinstance(tr, bool) or not isinstance(tr, int) or not 0 <= tr <= atten // w - 3:
@@ -423,15 +418,7 @@ class LongHeads(Intervention):
         slots = cfg.K - 3 - cfg.tail_recent
         if fits or slots <= 0:
             return range(0)
-        ranked = ranking.best(prompt_length // cfg.w - 2 - cfg.tail_recent, slots)
-        if not ranked:
-            return range(0)
-        lo = hi = ranked[-1]
-        while lo - 1 in ranked:
-            lo -= 1
-        while hi + 1 in ranked:
-            hi += 1
-        return range(lo, hi + 1)
+        return ranking.best_run(prompt_length // cfg.w - 2 - cfg.tail_recent, slots)
 
     def linear_output(self, ctx: HookContext, state: LongHeadsState, target: str, inputs: torch.Tensor,
                       output: torch.Tensor) -> None:
@@ -687,10 +674,11 @@ class LongHeads(Intervention):
         G, Qb = top.shape[:2]
         sel = torch.cat([top.new_zeros(G, Qb, 1), top, top.new_full((G, Qb, 1), c - 1)], dim=-1)  # [G, Qb, K-1]
         if state.trace is not None:
-            chunks = torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)
             if score == "recent":  # what the block reads: chunk 0, the window (shorter for an isolated chunk), c
-                first = self._window_start(state, row, c)
-                chunks = torch.cat([sel.new_zeros(1), torch.arange(first, c + 1, device=sel.device)]).expand(G, Qb, -1)
+                window = torch.arange(self._window_start(state, row, c), c + 1, device=sel.device)
+                chunks = torch.cat([sel.new_zeros(1), window]).expand(G, Qb, -1)
+            else:
+                chunks = torch.cat([sel, sel.new_full((G, Qb, 1), c)], dim=-1)
             state.trace.append({"layer": layer, "row": b, "positions": list(range(p0, p0 + Qb)), "chunks": chunks})
         if score == "recent":
             return self._attend_recent(state, row, q_loc, c, offs, key_b, value_flat, total, n_pad, scaling,
