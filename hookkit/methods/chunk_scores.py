@@ -66,7 +66,6 @@ class ChunkRanking:
             self._cached = (c, device, rank.to(device))
         return self._cached[2]
 
-
     def best(self, last: int, k: int) -> list[int]:
         """The (up to) ``k`` best-ranked of prompt chunks 1..``last`` that share a question id, in ascending rank
         (the best last), ordered as :meth:`rank` orders them."""
